@@ -1,0 +1,44 @@
+# kinemesh — the two set-up commands are `make demo` and `make test`; both set up from scratch.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+VAR ?= var
+STAMP := $(VENV)/.kinemesh-installed
+
+.PHONY: setup demo test bench lint models clips clean schema
+
+setup: $(STAMP) models clips
+
+# Torch is not needed yet; when it is, pin torch==2.13.0 here (the CPU wheel on this machine).
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(PY) -m kinemesh models build --out $(VAR)/models/mediapipe
+
+clips: $(STAMP)
+	$(PY) -m kinemesh.models.assets.pose2sim_clips --cache-dir $(VAR)/cache/pose2sim
+
+demo: setup
+	$(PY) -m kinemesh.services.demo --var $(VAR)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services models tests bench kinemesh
+
+schema: $(STAMP)
+	$(PY) -m kinemesh schema > services/common/result.schema.json
+
+clean:
+	rm -rf $(VAR) $(VENV)

@@ -1,0 +1,3 @@
+from kinemesh.services.cli import main
+
+raise SystemExit(main())

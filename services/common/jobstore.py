@@ -1,0 +1,381 @@
+"""Job records in Redis.
+
+One hash per job (`{p}:job:{id}`), a per-tenant sorted set for listing, idempotency keys, a
+pub/sub channel per job for progress events, and per-state counters for metrics. Every state
+change is one Lua script, so a cancel racing a worker's finish has exactly one winner.
+
+The gateway uses `AsyncJobStore` (redis.asyncio), the worker and CLI `JobStore` (sync); both
+share the keys, the scripts and the decoding below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from kinemesh.services.common.errors import KinemeshError, NotFound
+from kinemesh.services.common.schemas import (
+    ClipInfo,
+    JobDocument,
+    JobEvent,
+    JobOptions,
+    JobState,
+    Problem,
+    StageTiming,
+)
+
+ACTIVE = (JobState.queued.value, JobState.running.value)
+
+# KEYS[1] job hash, KEYS[2] state counters; ARGV: now, channel, then field/value pairs.
+# Common tail: publish an event built from the hash after the change.
+_PUBLISH = """
+local function publish(job, channel)
+  local f = redis.call('HMGET', job, 'id', 'state', 'stage', 'progress', 'error')
+  local ev = {id=f[1], state=f[2], stage=f[3] or cjson.null, progress=tonumber(f[4]) or 0}
+  if f[5] and f[5] ~= '' then ev['error'] = cjson.decode(f[5]) end
+  redis.call('PUBLISH', channel, cjson.encode(ev))
+end
+local function move(counters, from, to)
+  redis.call('HINCRBY', counters, from, -1)
+  redis.call('HINCRBY', counters, to, 1)
+end
+"""
+
+# Worker takes a job: queued|running -> running (running again after a redelivery).
+_START = _PUBLISH + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return nil end
+if state ~= 'queued' and state ~= 'running' then return state end
+if state == 'queued' then move(KEYS[2], 'queued', 'running') end
+redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', ARGV[1], 'worker', ARGV[3],
+  'stage', 'starting', 'progress', '0')
+if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+publish(KEYS[1], ARGV[2])
+return state
+"""
+
+# Progress while running; returns the state so a cancelled job is noticed by the caller.
+_PROGRESS = _PUBLISH + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'running' then return state end
+redis.call('HSET', KEYS[1], 'stage', ARGV[3], 'progress', ARGV[4], 'updated_at', ARGV[1])
+publish(KEYS[1], ARGV[2])
+return state
+"""
+
+# Terminal transition from an allowed set of states. ARGV[3] new state, ARGV[4] allowed
+# states joined by ',', ARGV[5..] field/value pairs. Returns the previous state.
+_FINISH = _PUBLISH + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return nil end
+local allowed = false
+for s in string.gmatch(ARGV[4], '[^,]+') do if s == state then allowed = true end end
+if not allowed then return state end
+move(KEYS[2], state, ARGV[3])
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'updated_at', ARGV[1], 'finished_at', ARGV[1])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] == 'succeeded' then redis.call('HINCRBY', KEYS[1], 'completions', 1) end
+publish(KEYS[1], ARGV[2])
+return state
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def channel(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:jobs"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.prefix}:idem:{tenant}:{digest}"
+
+    def counters(self) -> str:
+        return f"{self.prefix}:stats:jobs"
+
+    def stage_histogram(self, stage: str) -> str:
+        return f"{self.prefix}:stats:stage:{stage}"
+
+    def input_retention(self) -> str:
+        return f"{self.prefix}:retention:inputs"
+
+    def worker_ready(self, pid: int) -> str:
+        return f"{self.prefix}:worker:ready:{pid}"
+
+    def api_key(self, key_hash: str) -> str:
+        return f"{self.prefix}:apikey:{key_hash}"
+
+    def api_key_id(self, key_id: str) -> str:
+        return f"{self.prefix}:apikeyid:{key_id}"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: the public document plus server-side fields."""
+
+    doc: JobDocument
+    tenant: str
+    input_key: str
+    completions: int
+    request_hash: str
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _ts(value: str | bytes | None) -> datetime | None:
+    if value in (None, "", b""):
+        return None
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def _json(value: str | None, default: Any = None) -> Any:
+    return json.loads(value) if value else default
+
+
+def decode_record(raw: dict[str, str]) -> JobRecord:
+    """Hash fields (decoded to str) -> JobRecord."""
+    state = JobState(raw["state"])
+    error = _json(raw.get("error"))
+    doc = JobDocument(
+        id=raw["id"],
+        state=state,
+        stage=raw.get("stage") or None,
+        progress=float(raw.get("progress") or 0.0),
+        created_at=_ts(raw["created_at"]),
+        started_at=_ts(raw.get("started_at")),
+        finished_at=_ts(raw.get("finished_at")),
+        updated_at=_ts(raw.get("updated_at") or raw["created_at"]),
+        attempts=int(raw.get("attempts") or 0),
+        options=JobOptions.model_validate_json(raw["options"]),
+        clip=ClipInfo.model_validate(_json(raw.get("clip"))) if raw.get("clip") else None,
+        error=Problem.model_validate(error) if error else None,
+        timings=[StageTiming.model_validate(t) for t in _json(raw.get("timings"), [])],
+        result_url=f"/v1/jobs/{raw['id']}/result" if state is JobState.succeeded else None,
+        artifacts=_json(raw.get("artifacts"), []),
+    )
+    return JobRecord(
+        doc=doc,
+        tenant=raw["tenant"],
+        input_key=raw.get("input_key", ""),
+        completions=int(raw.get("completions") or 0),
+        request_hash=raw.get("request_hash", ""),
+    )
+
+
+def new_record_fields(job_id: str, tenant: str, options: JobOptions, clip: ClipInfo, input_key: str,
+                      request_hash: str) -> dict[str, str]:
+    now = str(time.time())
+    return {
+        "id": job_id,
+        "tenant": tenant,
+        "state": JobState.queued.value,
+        "stage": "queued",
+        "progress": "0",
+        "created_at": now,
+        "updated_at": now,
+        "attempts": "0",
+        "completions": "0",
+        "options": options.model_dump_json(),
+        "clip": clip.model_dump_json(),
+        "input_key": input_key,
+        "request_hash": request_hash,
+    }
+
+
+def error_fields(err: KinemeshError) -> dict[str, str]:
+    problem = Problem(title=err.title, status=err.http_status, detail=err.detail, code=err.code, **err.extra)
+    return {"error": problem.model_dump_json(exclude_none=True), "stage": "failed"}
+
+
+def event_from_record(rec: JobRecord) -> JobEvent:
+    d = rec.doc
+    return JobEvent(id=d.id, state=d.state, stage=d.stage, progress=d.progress, error=d.error)
+
+
+class _Base:
+    def __init__(self, prefix: str, job_ttl_s: int) -> None:
+        self.keys = Keys(prefix)
+        self.job_ttl_s = job_ttl_s
+
+    @staticmethod
+    def _flatten(fields: dict[str, str]) -> list[str]:
+        out: list[str] = []
+        for k, v in fields.items():
+            out += [k, v]
+        return out
+
+
+class JobStore(_Base):
+    """Synchronous store used by the worker and the CLI."""
+
+    def __init__(self, client: redis.Redis, prefix: str, job_ttl_s: int) -> None:
+        super().__init__(prefix, job_ttl_s)
+        self.r = client
+        self._start = client.register_script(_START)
+        self._progress = client.register_script(_PROGRESS)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, job_ttl_s: int) -> JobStore:
+        return cls(redis.Redis.from_url(url, decode_responses=True), prefix, job_ttl_s)
+
+    def get(self, job_id: str) -> JobRecord:
+        raw = self.r.hgetall(self.keys.job(job_id))
+        if not raw:
+            raise NotFound(f"job {job_id} does not exist")
+        return decode_record(raw)
+
+    def state(self, job_id: str) -> JobState | None:
+        value = self.r.hget(self.keys.job(job_id), "state")
+        return JobState(value) if value else None
+
+    def start(self, job_id: str, worker: str) -> JobState | None:
+        """Mark running; returns the state before (None if the job is gone)."""
+        prev = self._start(keys=[self.keys.job(job_id), self.keys.counters()],
+                           args=[time.time(), self.keys.channel(job_id), worker])
+        return JobState(prev) if prev else None
+
+    def progress(self, job_id: str, stage: str, fraction: float) -> JobState | None:
+        state = self._progress(keys=[self.keys.job(job_id), self.keys.counters()],
+                               args=[time.time(), self.keys.channel(job_id), stage, f"{fraction:.4f}"])
+        return JobState(state) if state else None
+
+    def finish(self, job_id: str, state: JobState, fields: dict[str, str],
+               allowed: tuple[str, ...] = (JobState.running.value,)) -> JobState | None:
+        prev = self._finish(
+            keys=[self.keys.job(job_id), self.keys.counters()],
+            args=[time.time(), self.keys.channel(job_id), state.value, ",".join(allowed),
+                  *self._flatten(fields)],
+        )
+        return JobState(prev) if prev else None
+
+    def schedule_input_deletion(self, input_key: str, after_s: float) -> None:
+        self.r.zadd(self.keys.input_retention(), {input_key: time.time() + after_s})
+
+    def due_input_deletions(self, limit: int = 100) -> list[str]:
+        key = self.keys.input_retention()
+        due = self.r.zrangebyscore(key, "-inf", time.time(), start=0, num=limit)
+        if due:
+            self.r.zrem(key, *due)
+        return due
+
+    def observe_stage(self, stage: str, seconds: float, buckets: tuple[float, ...]) -> None:
+        """Add one stage duration to the shared histogram the gateway exports."""
+        key = self.keys.stage_histogram(stage)
+        pipe = self.r.pipeline(transaction=False)
+        for b in buckets:
+            if seconds <= b:
+                pipe.hincrby(key, f"le:{b}", 1)
+        pipe.hincrby(key, "count", 1)
+        pipe.hincrbyfloat(key, "sum", seconds)
+        pipe.execute()
+
+
+class AsyncJobStore(_Base):
+    """Asynchronous store used by the gateway."""
+
+    def __init__(self, client: aredis.Redis, prefix: str, job_ttl_s: int) -> None:
+        super().__init__(prefix, job_ttl_s)
+        self.r = client
+        self._finish = client.register_script(_FINISH)
+
+    async def create(self, tenant: str, options: JobOptions, clip: ClipInfo, input_key: str, request_hash: str,
+                     job_id: str) -> JobRecord:
+        fields = new_record_fields(job_id, tenant, options, clip, input_key, request_hash)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.job(job_id), mapping=fields)
+        pipe.expire(self.keys.job(job_id), self.job_ttl_s)
+        pipe.zadd(self.keys.tenant_jobs(tenant), {job_id: float(fields["created_at"])})
+        pipe.expire(self.keys.tenant_jobs(tenant), self.job_ttl_s)
+        pipe.hincrby(self.keys.counters(), JobState.queued.value, 1)
+        await pipe.execute()
+        return decode_record(fields)
+
+    async def get(self, job_id: str, tenant: str) -> JobRecord:
+        """The job, if it belongs to `tenant`; NotFound otherwise (never 403: ids don't leak)."""
+        raw = await self.r.hgetall(self.keys.job(job_id))
+        if not raw or raw.get("tenant") != tenant:
+            raise NotFound(f"job {job_id} does not exist")
+        return decode_record(raw)
+
+    async def list(self, tenant: str, limit: int, before: float | None) -> tuple[list[JobRecord], float | None]:
+        key = self.keys.tenant_jobs(tenant)
+        max_score = f"({before}" if before is not None else "+inf"
+        ids = await self.r.zrevrangebyscore(key, max_score, "-inf", start=0, num=limit + 1, withscores=True)
+        page, more = ids[:limit], len(ids) > limit
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, _ in page:
+            pipe.hgetall(self.keys.job(job_id))
+        raws = await pipe.execute()
+        records, gone = [], []
+        for (job_id, _), raw in zip(page, raws, strict=True):
+            if raw:
+                records.append(decode_record(raw))
+            else:
+                gone.append(job_id)
+        if gone:
+            await self.r.zrem(key, *gone)
+        cursor = page[-1][1] if more and page else None
+        return records, cursor
+
+    async def cancel(self, job_id: str, tenant: str) -> JobState | None:
+        await self.get(job_id, tenant)
+        prev = await self._finish(
+            keys=[self.keys.job(job_id), self.keys.counters()],
+            args=[time.time(), self.keys.channel(job_id), JobState.cancelled.value, ",".join(ACTIVE),
+                  "stage", "cancelled"],
+        )
+        return JobState(prev) if prev else None
+
+    async def delete(self, job_id: str, tenant: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.keys.job(job_id))
+        pipe.zrem(self.keys.tenant_jobs(tenant), job_id)
+        await pipe.execute()
+
+    async def claim_idempotency(self, tenant: str, key: str, job_id: str, request_hash: str,
+                                ttl_s: int) -> tuple[str, str] | None:
+        """Claim `key` for a new job; if already claimed, return (job_id, request_hash) of the owner."""
+        k = self.keys.idempotency(tenant, key)
+        if await self.r.set(k, f"{job_id}|{request_hash}", nx=True, ex=ttl_s):
+            return None
+        value = await self.r.get(k)
+        if value is None:  # expired between the two calls: claim again
+            return await self.claim_idempotency(tenant, key, job_id, request_hash, ttl_s)
+        owner, _, owner_hash = value.partition("|")
+        return owner, owner_hash
+
+    async def release_idempotency(self, tenant: str, key: str, job_id: str) -> None:
+        k = self.keys.idempotency(tenant, key)
+        value = await self.r.get(k)
+        if value and value.startswith(job_id + "|"):
+            await self.r.delete(k)
+
+    async def state_counts(self) -> dict[str, int]:
+        raw = await self.r.hgetall(self.keys.counters())
+        return {k: int(v) for k, v in raw.items()}
+
+    async def stage_histograms(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        async for key in self.r.scan_iter(match=self.keys.stage_histogram("*"), count=100):
+            stage = key.rsplit(":", 1)[-1]
+            out[stage] = {k: float(v) for k, v in (await self.r.hgetall(key)).items()}
+        return out

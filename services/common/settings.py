@@ -1,0 +1,87 @@
+"""Settings from the environment (prefix KINEMESH_), one object for gateway, worker and CLI."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_TOKEN_SECRET = "dev-only-not-secret"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KINEMESH_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="Deployment environment; production refuses unsafe defaults."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Job store, broker and results backend.")
+    broker_url: str | None = Field(None, description="Celery broker; defaults to redis_url.")
+    queue: str = Field("kinemesh.gpu", description="Celery queue the gateway sends jobs to.")
+    key_prefix: str = Field("kinemesh", description="Prefix of every Redis key; lets tests share a server.")
+
+    storage_backend: Literal["local", "s3"] = Field("local", description="Where uploads and results live.")
+    storage_dir: Path = Field(Path("var/storage"), description="Root folder of the local storage backend.")
+    s3_bucket: str | None = Field(None, description="Bucket of the S3-compatible backend.")
+    s3_endpoint_url: str | None = Field(None, description="Endpoint of an S3-compatible store (MinIO, R2...).")
+    s3_region: str | None = Field(None, description="Region of the S3 bucket.")
+    s3_prefix: str = Field("kinemesh/", description="Key prefix inside the bucket.")
+
+    max_upload_mb: float = Field(500.0, description="Uploads past this size are refused with 413.")
+    max_duration_s: float = Field(600.0, description="Longest accepted clip, seconds.")
+    max_pixels: int = Field(3840 * 2160, description="Largest accepted frame area (width x height).")
+    max_side: int = Field(4096, description="Largest accepted frame side, pixels.")
+    min_frames: int = Field(
+        2, ge=1, description="Fewest decodable frames a clip needs (one frame shows no motion)."
+    )
+
+    default_target_fps: float = Field(30.0, description="Sampling rate when a job does not ask for one.")
+    max_people: int = Field(4, ge=1, le=8, description="Most people per frame a job may ask for.")
+    batch_frames: int = Field(16, description="Frames per batch; cancellation is checked between batches.")
+    decode_threads: int = Field(0, description="PyAV decoder threads; 0 lets FFmpeg choose.")
+
+    model_dir: Path = Field(Path("var/models"), description="Folder of the built model files.")
+    job_ttl_s: int = Field(7 * 24 * 3600, description="How long job records and results are kept.")
+    video_retention_s: int = Field(24 * 3600, description="Raw uploads are deleted this long after the job ends.")
+    job_time_limit_s: int = Field(3600, description="Hard limit for one job; the visibility timeout is above it.")
+    visibility_margin_s: int = Field(
+        300, description="Broker visibility timeout = job_time_limit_s + this; an unacked job is redelivered after it."
+    )
+    max_retries: int = Field(3, description="Retries of a job after a transient fault.")
+
+    api_key_pepper: str = Field(
+        DEV_TOKEN_SECRET, description="Server-side secret mixed into API-key hashes; set it in production."
+    )
+    allow_dev_key: bool = Field(False, description="Accept the key `dev` for tenant `dev` (development only).")
+    log_level: str = Field("INFO", description="Log level of gateway and worker.")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production":
+            if self.api_key_pepper == DEV_TOKEN_SECRET:
+                raise ValueError("KINEMESH_API_KEY_PEPPER must be set in production")
+            if self.allow_dev_key:
+                raise ValueError("KINEMESH_ALLOW_DEV_KEY must be off in production")
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("KINEMESH_S3_BUCKET is required with the s3 storage backend")
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        return self.job_time_limit_s + self.visibility_margin_s
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,289 @@
+"""REST v1: jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from kinemesh.services.common.auth import Principal, extract_key
+from kinemesh.services.common.errors import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    JobNotFinished,
+    KinemeshError,
+    NotFound,
+    QueueUnavailable,
+    UploadTooLarge,
+)
+from kinemesh.services.common.jobstore import JobRecord, event_from_record, new_job_id
+from kinemesh.services.common.media import probe
+from kinemesh.services.common.queue import PROCESS_JOB_TASK
+from kinemesh.services.common.schemas import ClipInfo, JobDocument, JobEvent, JobList, JobOptions, JobState
+from kinemesh.services.common.storage import INPUT_NAME, RESULT_NAME, job_key, job_prefix
+from kinemesh.services.gateway.upload import SpooledUpload, spool_multipart, spool_raw
+
+router = APIRouter(prefix="/v1")
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+SSE_KEEPALIVE_S = 15.0
+JSON = "application/json"
+
+
+def services(request: Request):
+    return request.app.state.services
+
+
+async def principal(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    return await services(request).auth.authenticate(extract_key(authorization, x_api_key))
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def _doc_response(rec: JobRecord, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(rec.doc.model_dump_json(), status_code=status, media_type=JSON, headers=headers)
+
+
+def _options(query: dict[str, object], form: dict[str, object]) -> JobOptions:
+    merged = {**query, **form}
+    if "outputs" in merged and isinstance(merged["outputs"], str):
+        merged["outputs"] = [o for o in str(merged["outputs"]).split(",") if o]
+    try:
+        return JobOptions.model_validate(merged)
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        raise InvalidRequest("invalid job options", errors=errors) from exc
+
+
+def _query_options(request: Request) -> dict[str, object]:
+    q = request.query_params
+    out: dict[str, object] = {k: q[k] for k in ("target_fps", "max_people") if k in q}
+    if "outputs" in q:
+        out["outputs"] = [o for v in q.getlist("outputs") for o in v.split(",") if o]
+    unknown = set(q) - {"target_fps", "max_people", "outputs"}
+    if unknown:
+        raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
+    return out
+
+
+@router.post("/jobs", status_code=202, response_model=JobDocument,
+             responses={413: {"description": "Upload over the size limit"},
+                        422: {"description": "Not a usable video, or invalid options"}})
+async def create_job(
+    request: Request,
+    caller: Caller,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Upload a clip (raw body or multipart `file` + JSON `options`) and queue a job."""
+    svc = services(request)
+    settings = svc.settings
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
+        # A multipart envelope adds a little; anything this far over can be refused unread.
+        raise _too_large(limit)
+    query_opts = _query_options(request)
+    spool_dir = settings.storage_dir.parent / "spool"
+    spool_path = spool_dir / f"{uuid.uuid4().hex}.upload"
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        upload = await spool_multipart(request.stream(), ctype, spool_path, limit)
+    else:
+        upload = await spool_raw(request.stream(), spool_path, limit)
+    try:
+        options = _options(query_opts, upload.options_json())
+        if options.max_people > settings.max_people:
+            raise InvalidRequest(f"max_people is at most {settings.max_people} on this server")
+        return await _accept(svc, caller, upload, options, idempotency_key)
+    finally:
+        upload.path.unlink(missing_ok=True)
+
+
+def _too_large(limit: int) -> KinemeshError:
+    return UploadTooLarge(f"the upload exceeds {limit / 1024 / 1024:.0f} MB", limit_bytes=limit)
+
+
+async def _accept(svc, caller: Principal, upload: SpooledUpload, options: JobOptions,
+                  idempotency_key: str | None) -> Response:
+    settings = svc.settings
+    request_hash = hashlib.sha256(f"{upload.sha256}|{options.model_dump_json()}".encode()).hexdigest()
+    job_id = new_job_id()
+    if idempotency_key:
+        owner = await svc.store.claim_idempotency(caller.tenant, idempotency_key, job_id, request_hash,
+                                                  IDEMPOTENCY_TTL_S)
+        if owner is not None:
+            owner_id, owner_hash = owner
+            if owner_hash != request_hash:
+                raise IdempotencyKeyReused("this Idempotency-Key was used with a different video or options")
+            return await _existing(svc, caller, owner_id)
+    try:
+        meta = await anyio.to_thread.run_sync(lambda: probe(
+            upload.path, max_duration_s=settings.max_duration_s, max_pixels=settings.max_pixels,
+            max_side=settings.max_side, min_frames=settings.min_frames))
+        clip = ClipInfo(width=meta.width, height=meta.height, rotation_deg=meta.rotation_deg,
+                        source_fps=round(meta.source_fps, 4), duration_s=round(meta.duration_s, 4),
+                        source_frames=meta.source_frames, codec=meta.codec, container=meta.container,
+                        size_bytes=upload.size)
+        input_key = job_key(caller.tenant, job_id, INPUT_NAME)
+        await anyio.to_thread.run_sync(svc.storage.put_file, input_key, upload.path)
+        rec = await svc.store.create(caller.tenant, options, clip, input_key, request_hash, job_id)
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: svc.celery.send_task(PROCESS_JOB_TASK, args=[job_id], queue=settings.queue))
+        except Exception as exc:
+            await svc.store.delete(job_id, caller.tenant)
+            raise QueueUnavailable(f"could not queue the job: {type(exc).__name__}") from exc
+    except BaseException:
+        if idempotency_key:
+            await svc.store.release_idempotency(caller.tenant, idempotency_key, job_id)
+        await anyio.to_thread.run_sync(svc.storage.delete_prefix, job_prefix(caller.tenant, job_id))
+        raise
+    return _doc_response(rec, 202, {"Location": f"/v1/jobs/{job_id}"})
+
+
+async def _existing(svc, caller: Principal, job_id: str) -> Response:
+    """The job an Idempotency-Key already made; waits briefly if that request is still uploading."""
+    for _ in range(50):
+        try:
+            rec = await svc.store.get(job_id, caller.tenant)
+            return _doc_response(rec, 202, {"Location": f"/v1/jobs/{job_id}", "Idempotent-Replayed": "true"})
+        except NotFound:
+            await asyncio.sleep(0.1)
+    raise InvalidRequest("a request with this Idempotency-Key is still being processed; retry shortly")
+
+
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(
+    request: Request,
+    caller: Caller,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> Response:
+    """The caller's jobs, newest first, paginated with an opaque cursor."""
+    before = None
+    if cursor:
+        try:
+            before = float(base64.urlsafe_b64decode(cursor.encode()).decode())
+        except ValueError as exc:
+            raise InvalidRequest("invalid cursor") from exc
+    records, nxt = await services(request).store.list(caller.tenant, limit, before)
+    next_cursor = base64.urlsafe_b64encode(repr(nxt).encode()).decode() if nxt is not None else None
+    body = JobList(items=[r.doc for r in records], next_cursor=next_cursor)
+    return Response(body.model_dump_json(), media_type=JSON)
+
+
+@router.get("/jobs/{job_id}", response_model=JobDocument)
+async def get_job(request: Request, job_id: str, caller: Caller) -> Response:
+    """State, stage, progress, timestamps and error of one job."""
+    return _doc_response(await services(request).store.get(job_id, caller.tenant))
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(request: Request, job_id: str, caller: Caller) -> StreamingResponse:
+    """Server-sent events (`event: progress`, JSON data = JobEvent) until the job ends."""
+    svc = services(request)
+    await svc.store.get(job_id, caller.tenant)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[bytes]:
+        pubsub = svc.redis.pubsub()
+        await pubsub.subscribe(svc.store.keys.channel(job_id))
+        try:
+            # Read after subscribing, so no change between the two is missed.
+            ev = event_from_record(await svc.store.get(job_id, caller.tenant))
+            yield _sse(ev)
+            while not ev.state.terminal:
+                if await request.is_disconnected():
+                    return
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SSE_KEEPALIVE_S)
+                if msg is None:
+                    try:  # quiet for a while: re-read (also notices an expired or deleted job)
+                        ev = event_from_record(await svc.store.get(job_id, caller.tenant))
+                    except NotFound:
+                        return
+                    yield b": keepalive\n\n"
+                    if ev.state.terminal:
+                        yield _sse(ev)
+                    continue
+                ev = JobEvent.model_validate(json.loads(msg["data"]))
+                yield _sse(ev)
+        finally:
+            await pubsub.unsubscribe()
+            await pubsub.aclose()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(ev: JobEvent) -> bytes:
+    name = "end" if ev.state.terminal else "progress"
+    return f"event: {name}\ndata: {ev.model_dump_json()}\n\n".encode()
+
+
+async def _require_succeeded(svc, job_id: str, caller: Principal) -> JobRecord:
+    rec = await svc.store.get(job_id, caller.tenant)
+    if rec.doc.state is not JobState.succeeded:
+        raise JobNotFinished(f"job {job_id} is {rec.doc.state.value}", state=rec.doc.state.value)
+    return rec
+
+
+@router.get("/jobs/{job_id}/result", responses={200: {"content": {JSON: {}}}, 409: {}})
+async def get_result(request: Request, job_id: str, caller: Caller) -> Response:
+    """The result JSON (see `kinemesh schema`)."""
+    svc = services(request)
+    rec = await _require_succeeded(svc, job_id, caller)
+    data = await anyio.to_thread.run_sync(svc.storage.get_bytes, job_key(rec.tenant, job_id, RESULT_NAME))
+    return Response(data, media_type=JSON)
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}")
+async def get_artifact(request: Request, job_id: str, name: str, caller: Caller) -> StreamingResponse:
+    """A binary artifact named in the job document's `artifacts`."""
+    svc = services(request)
+    rec = await _require_succeeded(svc, job_id, caller)
+    if name not in rec.doc.artifacts:
+        raise NotFound(f"job {job_id} has no artifact {name!r}")
+    key = job_key(rec.tenant, job_id, name)
+    size = await anyio.to_thread.run_sync(svc.storage.size, key)
+    chunks = svc.storage.iter_chunks(key)
+
+    async def body() -> AsyncIterator[bytes]:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    media = "application/zip" if name.endswith(".npz") else "application/octet-stream"
+    return StreamingResponse(body(), media_type=media, headers={
+        "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{Path(name).name}"'})
+
+
+@router.delete("/jobs/{job_id}", status_code=202, responses={204: {"description": "Deleted"}})
+async def delete_job(request: Request, job_id: str, caller: Caller) -> Response:
+    """Cancel a queued or running job and purge its video and results.
+
+    An active job stays visible as `cancelled` (202); a finished one is deleted whole (204).
+    """
+    svc = services(request)
+    prev = await svc.store.cancel(job_id, caller.tenant)
+    await anyio.to_thread.run_sync(svc.storage.delete_prefix, job_prefix(caller.tenant, job_id))
+    if prev is not None and not prev.terminal:
+        return _doc_response(await svc.store.get(job_id, caller.tenant), 202)
+    await svc.store.delete(job_id, caller.tenant)
+    return Response(status_code=204)

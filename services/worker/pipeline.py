@@ -1,0 +1,95 @@
+"""The pipeline: the list of stages one job runs, the same in a Celery task and in the CLI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from kinemesh.services.common.schemas import ClipInfo, JobOptions, KinemeshResult, StageTiming
+from kinemesh.services.common.settings import Settings
+from kinemesh.services.worker.results import build_result, keypoints_npz
+from kinemesh.services.worker.stages.base import StageContext
+from kinemesh.services.worker.stages.decode import DecodeStage
+from kinemesh.services.worker.stages.keypoints import KeypointStage
+
+# Share of the whole job each stage accounts for, for the progress bar.
+STAGE_SPAN = {"decode": (0.0, 0.05), "keypoints": (0.05, 0.95), "results": (0.95, 1.0)}
+
+
+@dataclass
+class PipelineOutput:
+    result: KinemeshResult
+    artifacts: dict[str, bytes]  # artifact name -> content
+
+
+class _OverallProgress:
+    """Maps a stage's own progress onto the job's [0, 1] using STAGE_SPAN."""
+
+    def __init__(self, inner: StageContext) -> None:
+        self.inner = inner
+
+    def progress(self, stage: str, fraction: float) -> None:
+        lo, hi = STAGE_SPAN.get(stage, (0.0, 1.0))
+        self.inner.progress(stage, lo + (hi - lo) * min(max(fraction, 0.0), 1.0))
+
+    def check_cancelled(self) -> None:
+        self.inner.check_cancelled()
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, decode: DecodeStage | None = None) -> None:
+        self.settings = settings
+        self.decode = decode or DecodeStage(batch_frames=settings.batch_frames, threads=settings.decode_threads)
+        # The landmarker's pose count is fixed when it is created: one stage per max_people asked for.
+        self._keypoints: dict[int, KeypointStage] = {}
+
+    def keypoint_stage(self, max_people: int) -> KeypointStage:
+        stage = self._keypoints.get(max_people)
+        if stage is None:
+            stage = KeypointStage(self.settings.model_dir, max_people=max_people)
+            self._keypoints[max_people] = stage
+        return stage
+
+    def close(self) -> None:
+        """Release the models (the landmarker's native graph must close before interpreter exit)."""
+        for stage in self._keypoints.values():
+            stage.close()
+        self._keypoints.clear()
+
+    def warm_up(self) -> None:
+        """Load the default models now rather than on the first job."""
+        self.keypoint_stage(JobOptions().max_people)
+
+    def run(self, video_path: Path, options: JobOptions, ctx: StageContext, job_id: str | None = None,
+            size_bytes: int | None = None) -> PipelineOutput:
+        ctx = _OverallProgress(ctx)
+        started = time.perf_counter()
+        timings: list[StageTiming] = []
+
+        @contextmanager
+        def timed(stage: str) -> Iterator[None]:
+            ctx.progress(stage, 0.0)
+            t0 = time.perf_counter()
+            yield
+            timings.append(StageTiming(stage=stage, seconds=round(time.perf_counter() - t0, 4)))
+            ctx.progress(stage, 1.0)
+
+        target_fps = options.target_fps or self.settings.default_target_fps
+        with timed("decode"):
+            video = self.decode.open(video_path, target_fps, limits=self.settings)
+        with timed("keypoints"):  # decoding streams inside this stage, batch by batch
+            tracks = self.keypoint_stage(options.max_people).run(video, ctx)
+        with timed("results"):
+            m = video.meta
+            clip = ClipInfo(width=m.width, height=m.height, rotation_deg=m.rotation_deg,
+                            source_fps=round(m.source_fps, 4), target_fps=round(m.target_fps, 4),
+                            duration_s=round(m.duration_s, 4), source_frames=m.source_frames, codec=m.codec,
+                            container=m.container, size_bytes=size_bytes)
+            artifacts = {"keypoints.npz": keypoints_npz(tracks)}
+            result = build_result(tracks, options, clip, timings, time.perf_counter() - started, job_id)
+        result.timings = timings
+        result.summary.seconds = round(time.perf_counter() - started, 4)
+        return PipelineOutput(result=result, artifacts=artifacts)

@@ -1,0 +1,251 @@
+"""The real stack end to end: uvicorn gateway, Celery worker process, Redis, real clips."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import jsonschema
+import numpy as np
+import pytest
+
+from kinemesh.services.client import ApiError, Client
+from kinemesh.services.devstack import Stack
+from tests import media
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "services/common/result.schema.json").read_text())
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keys(stack: Stack) -> dict[str, str]:
+    return {t: stack.create_key(t) for t in ("acme", "globex")}
+
+
+@pytest.fixture(scope="module")
+def acme(stack: Stack, keys: dict[str, str]) -> Client:
+    return Client(stack.url, keys["acme"])
+
+
+@pytest.fixture(scope="module")
+def finished_job(acme: Client, clips: dict[str, Path]) -> dict:
+    job = acme.submit(clips["single_cam01"], target_fps=30)
+    return acme.wait(job["id"])
+
+
+def _stored_files(stack: Stack, tenant: str) -> list[Path]:
+    root = stack.root / "storage" / "tenants" / tenant
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def _spool_files(stack: Stack) -> list[Path]:
+    spool = stack.root / "spool"
+    return list(spool.iterdir()) if spool.exists() else []
+
+
+def test_real_clip_gives_landmarks_on_every_person_frame(acme: Client, finished_job: dict) -> None:
+    assert finished_job["state"] == "succeeded", finished_job.get("error")
+    assert finished_job["attempts"] == 1 and finished_job["progress"] == 1.0
+    result = acme.result(finished_job["id"])
+    jsonschema.validate(result, SCHEMA)
+    w, h = result["clip"]["width"], result["clip"]["height"]
+    assert (w, h) == (1080, 1920)
+    frames = result["frames"]
+    with_person = [f for f in frames if f["quality"]["person_detected"]]
+    assert len(with_person) >= 0.95 * len(frames)
+    assert result["summary"]["frames_with_person"] == len(with_person)
+    seen = 0
+    for track in result["tracks"]:
+        for tf in track["frames"]:
+            kp = np.asarray(tf["keypoints_2d"])  # (33, 4)
+            assert kp.shape == (33, 4)
+            assert (kp[:, 0] >= 0).all() and (kp[:, 0] <= w).all() and (kp[:, 1] >= 0).all() and (kp[:, 1] <= h).all()
+            assert np.asarray(tf["keypoints_3d"]).shape == (33, 3)
+            seen += 1
+    assert seen >= len(with_person)
+    # timestamps follow the requested 30 fps from a 60 fps source
+    ts = np.asarray([f["timestamp_s"] for f in frames])
+    assert np.allclose(np.diff(ts), 1 / 30, atol=0.005)
+
+
+def test_artifact_listing_and_download(acme: Client, finished_job: dict) -> None:
+    assert finished_job["artifacts"] == ["keypoints.npz"]
+    resp = acme.http.get(f"/v1/jobs/{finished_job['id']}/artifacts/keypoints.npz")
+    assert resp.status_code == 200
+    arrays = np.load(io.BytesIO(resp.content))
+    assert arrays["keypoints_2d"].shape[2:] == (33, 4)
+    assert acme.http.get(f"/v1/jobs/{finished_job['id']}/artifacts/nope.bin").status_code == 404
+    assert acme.http.get(f"/v1/jobs/{finished_job['id']}/artifacts/..%2Fresult.json").status_code == 404
+
+
+def test_events_stream_ends_and_progress_is_monotonic(acme: Client, clips: dict[str, Path]) -> None:
+    job = acme.submit(clips["single_cam01"], target_fps=15)
+    events = list(acme.events(job["id"]))
+    assert events[-1]["state"] == "succeeded"
+    progress = [e["progress"] for e in events if e["state"] == "running"]
+    assert progress == sorted(progress)
+    assert {e["stage"] for e in events} >= {"keypoints"}
+
+
+def test_multipart_upload_with_options(stack: Stack, keys: dict[str, str], tmp_path: Path) -> None:
+    clip = media.make_video(tmp_path / "clip.mp4", frames=6, size=(160, 120), fps=10)
+    with clip.open("rb") as fh:
+        resp = httpx.post(f"{stack.url}/v1/jobs", headers={"X-API-Key": keys["acme"]},
+                          files={"file": ("my clip.mp4", fh, "video/mp4")},
+                          data={"options": json.dumps({"target_fps": 5, "outputs": ["keypoints_2d"]})})
+    assert resp.status_code == 202, resp.text
+    assert resp.headers["location"] == f"/v1/jobs/{resp.json()['id']}"
+    doc = resp.json()
+    assert doc["options"]["target_fps"] == 5 and doc["options"]["outputs"] == ["keypoints_2d"]
+    assert doc["clip"]["width"] == 160
+    # the user's file name never reaches storage
+    assert not any("my clip" in str(p) for p in _stored_files(stack, "acme"))
+
+
+def test_listing_is_paginated_and_per_tenant(stack: Stack, keys: dict[str, str], acme: Client,
+                                             finished_job: dict) -> None:
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = acme.http.get("/v1/jobs", params=params).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert finished_job["id"] in seen and len(seen) == len(set(seen))
+    other = Client(stack.url, keys["globex"]).http.get("/v1/jobs").json()
+    assert finished_job["id"] not in [j["id"] for j in other["items"]]
+
+
+@pytest.mark.parametrize("path", ["", "/result", "/events", "/artifacts/keypoints.npz"])
+def test_other_tenants_get_404(stack: Stack, keys: dict[str, str], finished_job: dict, path: str) -> None:
+    globex = Client(stack.url, keys["globex"])
+    resp = globex.http.get(f"/v1/jobs/{finished_job['id']}{path}")
+    assert resp.status_code == 404
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert resp.json()["code"] == "not_found"
+
+
+def test_other_tenant_cannot_delete(stack: Stack, keys: dict[str, str], acme: Client, finished_job: dict) -> None:
+    assert Client(stack.url, keys["globex"]).http.delete(f"/v1/jobs/{finished_job['id']}").status_code == 404
+    assert acme.get(finished_job["id"])["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer km_nope_nope"}, {"X-API-Key": "dev"},
+                                     {"Authorization": "Basic Zm9vOmJhcg=="}])
+def test_unauthenticated(stack: Stack, headers: dict[str, str]) -> None:
+    resp = httpx.get(f"{stack.url}/v1/jobs", headers=headers)
+    assert resp.status_code == 401 and resp.json()["code"] == "unauthenticated"
+    assert resp.headers["www-authenticate"] == "Bearer"
+
+
+BAD_INPUTS = {
+    "empty body": (lambda d: media.write_bytes(d / "empty.mp4", b""), 422, "empty_upload"),
+    "random bytes": (lambda d: media.make_random_bytes(d / "rand.mp4", 200_000), 422, "not_a_video"),
+    "png named .mp4": (lambda d: media.make_png(d / "image.mp4"), 422, "not_a_video"),
+    "audio only": (lambda d: media.make_audio_only(d / "audio.mp4"), 422, "no_video_stream"),
+    "one frame": (lambda d: media.make_one_frame_video(d / "one.mp4"), 422, "too_few_frames"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_and_leaves_nothing(stack: Stack, acme: Client, tmp_path: Path, name: str) -> None:
+    make, status, code = BAD_INPUTS[name]
+    path = make(tmp_path)
+    before = _stored_files(stack, "acme")
+    with pytest.raises(ApiError) as exc:
+        acme.submit(Path(path))
+    assert (exc.value.status, exc.value.code) == (status, code), exc.value.problem
+    assert exc.value.problem["title"] and exc.value.problem["detail"]
+    assert _stored_files(stack, "acme") == before
+    assert _spool_files(stack) == []
+
+
+def test_truncated_mp4_is_refused(stack: Stack, acme: Client, clips: dict[str, Path], tmp_path: Path) -> None:
+    cut = media.truncate(clips["single_cam01"], tmp_path / "cut.mp4", 0.5)
+    before = _stored_files(stack, "acme")
+    with pytest.raises(ApiError) as exc:
+        acme.submit(cut)
+    assert exc.value.status == 422 and exc.value.code in ("not_a_video", "no_decodable_frames")
+    assert _stored_files(stack, "acme") == before
+
+
+def test_oversize_upload_streams_to_413(stack: Stack, keys: dict[str, str]) -> None:
+    limit = 40 * 1024 * 1024
+    before = _stored_files(stack, "acme")
+
+    def body():  # chunked, no Content-Length: the gateway must count as it goes
+        chunk = b"\0" * (1 << 20)
+        for _ in range(limit // len(chunk) + 2):
+            yield chunk
+
+    resp = httpx.post(f"{stack.url}/v1/jobs", headers={"X-API-Key": keys["acme"]}, content=body(), timeout=60)
+    assert resp.status_code == 413 and resp.json()["code"] == "upload_too_large"
+    # a declared Content-Length over the limit is refused before a byte of the body is read
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nX-API-Key: {keys['acme']}\r\n"
+                     f"Content-Length: {limit * 2}\r\n\r\n".encode())
+        head = sock.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 413") and "upload_too_large" in head
+    assert _stored_files(stack, "acme") == before
+    assert _spool_files(stack) == []
+
+
+@pytest.mark.parametrize("query", ["max_people=0", "target_fps=-1", "outputs=mesh", "colour=blue"])
+def test_bad_options_are_422(acme: Client, query: str, tmp_path: Path) -> None:
+    clip = media.make_video(tmp_path / "c.mp4", frames=4, size=(64, 64), fps=10)
+    resp = acme.http.post(f"/v1/jobs?{query}", content=clip.read_bytes())
+    assert resp.status_code == 422 and resp.json()["code"] == "invalid_request"
+
+
+def test_idempotency_key(acme: Client, tmp_path: Path) -> None:
+    a = media.make_video(tmp_path / "a.mp4", frames=4, size=(64, 64), fps=10)
+    b = media.make_video(tmp_path / "b.mp4", frames=5, size=(64, 64), fps=10)
+    key = uuid.uuid4().hex
+    first = acme.submit(a, idempotency_key=key)
+    again = acme.submit(a, idempotency_key=key)
+    assert again["id"] == first["id"]
+    with pytest.raises(ApiError) as exc:
+        acme.submit(b, idempotency_key=key)
+    assert (exc.value.status, exc.value.code) == (422, "idempotency_key_reused")
+    assert acme.submit(a, idempotency_key=uuid.uuid4().hex)["id"] != first["id"]
+
+
+def test_delete_cancels_a_running_job_and_purges(stack: Stack, acme: Client, clips: dict[str, Path]) -> None:
+    job = acme.submit(clips["single_cam01"], target_fps=60)
+    deadline = time.monotonic() + 60
+    while acme.get(job["id"])["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    resp = acme.http.delete(f"/v1/jobs/{job['id']}")
+    assert resp.status_code == 202 and resp.json()["state"] == "cancelled"
+    # the worker notices at its next batch and stops; nothing of the job is left in storage
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not any(job["id"] in str(p) for p in _stored_files(stack, "acme")):
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert not any(job["id"] in str(p) for p in _stored_files(stack, "acme"))
+    doc = acme.get(job["id"])
+    assert doc["state"] == "cancelled" and doc["finished_at"]
+    resp = acme.http.get(f"/v1/jobs/{job['id']}/result")
+    assert resp.status_code == 409 and resp.json()["code"] == "job_not_finished"
+    # deleting a finished job removes it whole
+    assert acme.http.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert acme.http.get(f"/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_health_readiness_and_metrics(stack: Stack, finished_job: dict) -> None:
+    assert httpx.get(f"{stack.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{stack.url}/readyz").status_code == 200
+    text = httpx.get(f"{stack.url}/metrics").text
+    assert 'kinemesh_jobs{state="succeeded"}' in text
+    assert "kinemesh_queue_depth" in text
+    assert 'kinemesh_stage_seconds_count{stage="keypoints"}' in text
+    assert 'route="/v1/jobs/{job_id}"' in text
+    assert httpx.get(f"{stack.url}/nope").json()["code"] == "not_found"

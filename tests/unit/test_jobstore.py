@@ -1,0 +1,158 @@
+"""Job records on a real Redis: transitions, races, listing, idempotency, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from kinemesh.services.common.errors import NotFound, UnsupportedCodec
+from kinemesh.services.common.jobstore import AsyncJobStore, JobStore, error_fields, new_job_id
+from kinemesh.services.common.schemas import ClipInfo, JobOptions, JobState
+
+CLIP = ClipInfo(width=640, height=480, rotation_deg=0, source_fps=30, duration_s=1.0, source_frames=30,
+                codec="h264", container="mov,mp4")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def stores(redis_url: str, key_prefix: str):
+    sync = JobStore(redis.Redis.from_url(redis_url, decode_responses=True), key_prefix, 3600)
+
+    def make_async() -> AsyncJobStore:
+        return AsyncJobStore(aredis.Redis.from_url(redis_url, decode_responses=True), key_prefix, 3600)
+
+    return sync, make_async
+
+
+def _create(make_async, tenant: str = "acme") -> str:
+    async def go() -> str:
+        store = make_async()
+        job_id = new_job_id()
+        await store.create(tenant, JobOptions(), CLIP, f"tenants/{tenant}/jobs/{job_id}/input.video", "h", job_id)
+        await store.r.aclose()
+        return job_id
+
+    return run(go())
+
+
+def test_lifecycle_and_counters(stores) -> None:
+    sync, make_async = stores
+    job_id = _create(make_async)
+    assert sync.get(job_id).doc.state is JobState.queued
+    assert sync.start(job_id, "w1") is JobState.queued
+    assert sync.progress(job_id, "keypoints", 0.5) is JobState.running
+    doc = sync.get(job_id).doc
+    assert (doc.state, doc.stage, doc.progress, doc.attempts) == (JobState.running, "keypoints", 0.5, 1)
+    assert sync.finish(job_id, JobState.succeeded, {"stage": "done"}) is JobState.running
+    rec = sync.get(job_id)
+    assert rec.doc.state is JobState.succeeded and rec.completions == 1
+    assert rec.doc.result_url == f"/v1/jobs/{job_id}/result"
+    assert rec.doc.finished_at >= rec.doc.started_at >= rec.doc.created_at
+    # a second finish (a redelivered duplicate) changes nothing
+    assert sync.finish(job_id, JobState.succeeded, {}) is JobState.succeeded
+    assert sync.get(job_id).completions == 1
+    counts = run(make_async().state_counts())
+    assert counts.get("succeeded") == 1 and counts.get("running", 0) == 0 and counts.get("queued", 0) == 0
+
+
+def test_redelivery_restarts_a_running_job(stores) -> None:
+    sync, make_async = stores
+    job_id = _create(make_async)
+    sync.start(job_id, "w1")
+    assert sync.start(job_id, "w2") is JobState.running  # the first worker died
+    assert sync.get(job_id).doc.attempts == 2
+
+
+def test_cancel_beats_a_late_finish_exactly_once(stores) -> None:
+    sync, make_async = stores
+    job_id = _create(make_async)
+    sync.start(job_id, "w1")
+    results: list = []
+
+    def finisher() -> None:
+        results.append(sync.finish(job_id, JobState.succeeded, {}))
+
+    async def canceller() -> None:
+        results.append(await make_async().cancel(job_id, "acme"))
+
+    t = threading.Thread(target=finisher)
+    t.start()
+    run(canceller())
+    t.join()
+    final = sync.get(job_id).doc.state
+    assert results.count(JobState.running) == 1, "exactly one transition wins"
+    assert final in (JobState.succeeded, JobState.cancelled)
+    assert sync.progress(job_id, "keypoints", 0.9) is final  # a terminal job takes no progress
+
+
+def test_failure_is_stored_as_a_problem(stores) -> None:
+    sync, make_async = stores
+    job_id = _create(make_async)
+    sync.start(job_id, "w1")
+    sync.finish(job_id, JobState.failed, error_fields(UnsupportedCodec("theora is not supported")))
+    err = sync.get(job_id).doc.error
+    assert err.code == "unsupported_codec" and err.status == 422 and "theora" in err.detail
+
+
+def test_tenants_never_see_each_other(stores) -> None:
+    _, make_async = stores
+    job_id = _create(make_async, "acme")
+
+    async def go() -> None:
+        store = make_async()
+        assert (await store.get(job_id, "acme")).doc.id == job_id
+        with pytest.raises(NotFound):
+            await store.get(job_id, "globex")
+        with pytest.raises(NotFound):
+            await store.cancel(job_id, "globex")
+        items, _ = await store.list("globex", 10, None)
+        assert items == []
+
+    run(go())
+
+
+def test_listing_pages_newest_first(stores) -> None:
+    _, make_async = stores
+    ids = [_create(make_async) for _ in range(5)]
+
+    async def go() -> list[str]:
+        store = make_async()
+        seen, cursor = [], None
+        while True:
+            items, cursor = await store.list("acme", 2, cursor)
+            seen += [r.doc.id for r in items]
+            if cursor is None:
+                return seen
+
+    assert run(go()) == list(reversed(ids))
+
+
+def test_idempotency_claims(stores) -> None:
+    _, make_async = stores
+
+    async def go() -> None:
+        store = make_async()
+        assert await store.claim_idempotency("acme", "k1", "job-a", "hash-a", 60) is None
+        assert await store.claim_idempotency("acme", "k1", "job-b", "hash-b", 60) == ("job-a", "hash-a")
+        assert await store.claim_idempotency("globex", "k1", "job-c", "hash-c", 60) is None  # per tenant
+        await store.release_idempotency("acme", "k1", "job-b")  # not the owner: no effect
+        assert await store.claim_idempotency("acme", "k1", "job-d", "x", 60) == ("job-a", "hash-a")
+        await store.release_idempotency("acme", "k1", "job-a")
+        assert await store.claim_idempotency("acme", "k1", "job-e", "x", 60) is None
+
+    run(go())
+
+
+def test_input_retention_queue(stores) -> None:
+    sync, _ = stores
+    sync.schedule_input_deletion("tenants/a/jobs/1/input.video", -1)
+    sync.schedule_input_deletion("tenants/a/jobs/2/input.video", 3600)
+    assert sync.due_input_deletions() == ["tenants/a/jobs/1/input.video"]
+    assert sync.due_input_deletions() == []
