@@ -106,7 +106,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 def gateway_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "kinemesh.services.gateway.api.app:create_app", "--factory",
             "--host", host, "--port", str(port), "--workers", str(workers), "--no-access-log",
-            "--timeout-graceful-shutdown", "5"]
+            # behind a proxy, enable --proxy-headers with --forwarded-allow-ips; nothing here uses client IPs
+            "--no-proxy-headers", "--no-server-header", "--timeout-graceful-shutdown", "5"]
 
 
 def worker_command(queue: str, name: str = "worker@%h") -> list[str]:
@@ -192,8 +193,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from kinemesh.services.common.settings import get_settings
 
     out = Path(args.out) if args.out else get_settings().model_dir / "mediapipe"
-    path = build(out)
-    console.print(f"model files ready: {path}")
+    built = build(out)
+    console.print(f"model files {'already built' if built.skipped else 'built'}: {built.task_path}")
     return 0
 
 

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         out = stack.root / "result.json"
         out.write_text(json.dumps(result))
         s = result["summary"]
-        console.print(f"[green]result[/green]: {stack.url}{job['result_url']} (saved to {out})")
+        console.print(f"[green]result saved to {out}[/green] (served at {stack.url}{job['result_url']} "
+                      "while the demo ran)")
         console.print(f"frames: {s['frames']}, frames with a person: {s['frames_with_person']}, "
                       f"tracks: {s['tracks']}, seconds taken: {took:.2f} (pipeline {s['seconds']:.2f})")
         return 0

@@ -82,19 +82,20 @@ class Authenticator:
     async def authenticate(self, api_key: str) -> Principal:
         if self.allow_dev_key and api_key == DEV_KEY:
             return Principal(DEV_TENANT, "dev")
-        digest = key_digest(api_key, self.pepper)
         now = time.monotonic()
-        hit = self._cache.get(digest)
+        # keyed by the presented key: the digest is only computed on a miss (it costs per request)
+        hit = self._cache.get(api_key)
         if hit and hit[0] > now:
             principal = hit[1]
         else:
+            digest = key_digest(api_key, self.pepper)
             raw = await self.r.hmget(self.keys.api_key(digest), "tenant", "key_id")
             principal = Principal(raw[0], raw[1]) if raw[0] else None
             if len(self._cache) > 10_000:
                 self._cache.clear()
             # unknown keys are remembered briefly only, so a key created a moment ago works
             ttl = self.cache_ttl_s if principal else min(1.0, self.cache_ttl_s)
-            self._cache[digest] = (now + ttl, principal)
+            self._cache[api_key] = (now + ttl, principal)
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
         return principal

@@ -11,13 +11,13 @@ share the keys, the scripts and the decoding below.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aredis
 
@@ -29,7 +29,6 @@ from kinemesh.services.common.schemas import (
     JobOptions,
     JobState,
     Problem,
-    StageTiming,
 )
 
 ACTIVE = (JobState.queued.value, JobState.running.value)
@@ -140,39 +139,49 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def _ts(value: str | bytes | None) -> datetime | None:
-    if value in (None, "", b""):
-        return None
-    return datetime.fromtimestamp(float(value), UTC)
+def _ts(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
 def _json(value: str | None, default: Any = None) -> Any:
-    return json.loads(value) if value else default
+    return orjson.loads(value) if value else default
+
+
+def document_fields(raw: dict[str, str]) -> dict[str, Any]:
+    """Hash fields -> the JobDocument's values (the one mapping, used by both paths below)."""
+    job_id, state = raw["id"], raw["state"]
+    return {
+        "id": job_id,
+        "state": state,
+        "stage": raw.get("stage") or None,
+        "progress": float(raw.get("progress") or 0.0),
+        "created_at": _ts(raw["created_at"]),
+        "started_at": _ts(raw.get("started_at")),
+        "finished_at": _ts(raw.get("finished_at")),
+        "updated_at": _ts(raw.get("updated_at") or raw["created_at"]),
+        "attempts": int(raw.get("attempts") or 0),
+        "options": _json(raw["options"]),
+        "clip": _json(raw.get("clip")),
+        "error": _json(raw.get("error")),
+        "timings": _json(raw.get("timings"), []),
+        "result_url": f"/v1/jobs/{job_id}/result" if state == JobState.succeeded.value else None,
+        "artifacts": _json(raw.get("artifacts"), []),
+    }
+
+
+def document_json(raw: dict[str, str]) -> bytes:
+    """The job document as JSON straight from the hash: the status hot path skips model validation.
+
+    The hash is only written through this module's validated models, and a test checks that
+    this equals `decode_record(raw).doc`.
+    """
+    return orjson.dumps(document_fields(raw))
 
 
 def decode_record(raw: dict[str, str]) -> JobRecord:
-    """Hash fields (decoded to str) -> JobRecord."""
-    state = JobState(raw["state"])
-    error = _json(raw.get("error"))
-    doc = JobDocument(
-        id=raw["id"],
-        state=state,
-        stage=raw.get("stage") or None,
-        progress=float(raw.get("progress") or 0.0),
-        created_at=_ts(raw["created_at"]),
-        started_at=_ts(raw.get("started_at")),
-        finished_at=_ts(raw.get("finished_at")),
-        updated_at=_ts(raw.get("updated_at") or raw["created_at"]),
-        attempts=int(raw.get("attempts") or 0),
-        options=JobOptions.model_validate_json(raw["options"]),
-        clip=ClipInfo.model_validate(_json(raw.get("clip"))) if raw.get("clip") else None,
-        error=Problem.model_validate(error) if error else None,
-        timings=[StageTiming.model_validate(t) for t in _json(raw.get("timings"), [])],
-        result_url=f"/v1/jobs/{raw['id']}/result" if state is JobState.succeeded else None,
-        artifacts=_json(raw.get("artifacts"), []),
-    )
+    """Hash fields (decoded to str) -> JobRecord, validated."""
     return JobRecord(
-        doc=doc,
+        doc=JobDocument.model_validate(document_fields(raw)),
         tenant=raw["tenant"],
         input_key=raw.get("input_key", ""),
         completions=int(raw.get("completions") or 0),
@@ -309,12 +318,15 @@ class AsyncJobStore(_Base):
         await pipe.execute()
         return decode_record(fields)
 
-    async def get(self, job_id: str, tenant: str) -> JobRecord:
-        """The job, if it belongs to `tenant`; NotFound otherwise (never 403: ids don't leak)."""
+    async def get_raw(self, job_id: str, tenant: str) -> dict[str, str]:
+        """The job's hash, if it belongs to `tenant`; NotFound otherwise (never 403: ids don't leak)."""
         raw = await self.r.hgetall(self.keys.job(job_id))
         if not raw or raw.get("tenant") != tenant:
             raise NotFound(f"job {job_id} does not exist")
-        return decode_record(raw)
+        return raw
+
+    async def get(self, job_id: str, tenant: str) -> JobRecord:
+        return decode_record(await self.get_raw(job_id, tenant))
 
     async def list(self, tenant: str, limit: int, before: float | None) -> tuple[list[JobRecord], float | None]:
         key = self.keys.tenant_jobs(tenant)

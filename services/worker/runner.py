@@ -113,10 +113,12 @@ class JobRunner:
                 raise
             log.info("job %s failed: %s (%s)", job_id, err.code, err.detail)
             self.store.finish(job_id, JobState.failed, error_fields(err))
+            self.store.schedule_input_deletion(record.input_key, self.settings.video_retention_s)
         except Exception as exc:  # a bug: record it, keep the worker alive
             log.exception("job %s crashed", job_id)
             err = KinemeshError(f"unexpected {type(exc).__name__} in the worker; the team has the traceback")
             self.store.finish(job_id, JobState.failed, error_fields(err))
+            self.store.schedule_input_deletion(record.input_key, self.settings.video_retention_s)
         finally:
             self.sweep_inputs()
 

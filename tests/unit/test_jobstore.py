@@ -156,3 +156,24 @@ def test_input_retention_queue(stores) -> None:
     sync.schedule_input_deletion("tenants/a/jobs/2/input.video", 3600)
     assert sync.due_input_deletions() == ["tenants/a/jobs/1/input.video"]
     assert sync.due_input_deletions() == []
+
+
+def test_fast_status_json_equals_the_validated_document(stores) -> None:
+    """GET /v1/jobs/{id} renders straight from the hash; it must say exactly what the model says."""
+    from kinemesh.services.common.jobstore import document_json
+    from kinemesh.services.common.schemas import JobDocument
+
+    sync, make_async = stores
+    job_id = _create(make_async)
+    states = []
+    for step in ("queued", "started", "progress", "failed"):
+        if step == "started":
+            sync.start(job_id, "w1")
+        elif step == "progress":
+            sync.progress(job_id, "keypoints", 0.25)
+        elif step == "failed":
+            sync.finish(job_id, JobState.failed, {**error_fields(UnsupportedCodec("x")), "timings": '[{"stage":"decode","seconds":0.5}]'})
+        raw = sync.r.hgetall(sync.keys.job(job_id))
+        assert JobDocument.model_validate_json(document_json(raw)) == sync.get(job_id).doc
+        states.append(sync.get(job_id).doc.state)
+    assert states == [JobState.queued, JobState.running, JobState.running, JobState.failed]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import redis.asyncio as aredis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Video of a person in; 3D keypoints, body mesh and biomechanical kinematics out.",
         lifespan=lifespan,
+        # Prometheus metrics come from our own middleware; FastAPI's OpenTelemetry hooks cost per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(MetricsMiddleware)
 
@@ -106,5 +109,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return problem_response(KinemeshError("unexpected server error; it has been logged"), request.url.path)
 
     app.include_router(health.router)
+    app.router.routes.append(jobs.status_route)
     app.include_router(jobs.router)
+
+    def openapi() -> dict:
+        """The generated schema plus the API-key security the handlers check themselves."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                                 routes=[*app.routes, jobs.status_doc_route])
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            for path, operations in schema["paths"].items():
+                if path.startswith("/v1/"):
+                    for op in operations.values():
+                        op["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

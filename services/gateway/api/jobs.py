@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.routing import Route
 
 from kinemesh.services.common.auth import Principal, extract_key
 from kinemesh.services.common.errors import (
@@ -26,14 +28,14 @@ from kinemesh.services.common.errors import (
     QueueUnavailable,
     UploadTooLarge,
 )
-from kinemesh.services.common.jobstore import JobRecord, event_from_record, new_job_id
+from kinemesh.services.common.jobstore import JobRecord, document_json, event_from_record, new_job_id
 from kinemesh.services.common.media import probe
 from kinemesh.services.common.queue import PROCESS_JOB_TASK
 from kinemesh.services.common.schemas import ClipInfo, JobDocument, JobEvent, JobList, JobOptions, JobState
 from kinemesh.services.common.storage import INPUT_NAME, RESULT_NAME, job_key, job_prefix
 from kinemesh.services.gateway.upload import SpooledUpload, spool_multipart, spool_raw
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", tags=["jobs"])
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 SSE_KEEPALIVE_S = 15.0
@@ -44,15 +46,15 @@ def services(request: Request):
     return request.app.state.services
 
 
-async def principal(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> Principal:
-    return await services(request).auth.authenticate(extract_key(authorization, x_api_key))
+async def authenticate(request: Request) -> Principal:
+    """The caller's tenant from `Authorization: Bearer` or `X-API-Key`.
 
-
-Caller = Annotated[Principal, Depends(principal)]
+    Called directly rather than through FastAPI's dependency injection: the status endpoint is
+    the hottest path and per-request dependency solving costs more than the check itself.
+    """
+    headers = request.headers
+    return await services(request).auth.authenticate(
+        extract_key(headers.get("authorization"), headers.get("x-api-key")))
 
 
 def _doc_response(rec: JobRecord, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -86,10 +88,10 @@ def _query_options(request: Request) -> dict[str, object]:
                         422: {"description": "Not a usable video, or invalid options"}})
 async def create_job(
     request: Request,
-    caller: Caller,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Upload a clip (raw body or multipart `file` + JSON `options`) and queue a job."""
+    caller = await authenticate(request)
     svc = services(request)
     settings = svc.settings
     limit = settings.max_upload_bytes
@@ -170,11 +172,11 @@ async def _existing(svc, caller: Principal, job_id: str) -> Response:
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(
     request: Request,
-    caller: Caller,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> Response:
     """The caller's jobs, newest first, paginated with an opaque cursor."""
+    caller = await authenticate(request)
     before = None
     if cursor:
         try:
@@ -187,16 +189,35 @@ async def list_jobs(
     return Response(body.model_dump_json(), media_type=JSON)
 
 
-@router.get("/jobs/{job_id}", response_model=JobDocument)
-async def get_job(request: Request, job_id: str, caller: Caller) -> Response:
-    """State, stage, progress, timestamps and error of one job."""
-    return _doc_response(await services(request).store.get(job_id, caller.tenant))
+async def get_job(request: Request) -> Response:
+    """State, stage, progress, timestamps and error of one job.
+
+    The status endpoint is what clients poll, so it is a plain Starlette route (registered in
+    app.py) that renders the document straight from the Redis hash; `status_doc_route`
+    describes it in the OpenAPI document.
+    """
+    caller = await authenticate(request)
+    raw = await services(request).store.get_raw(request.path_params["job_id"], caller.tenant)
+    return Response(document_json(raw), media_type=JSON)
+
+
+status_route = Route("/v1/jobs/{job_id}", get_job, methods=["GET"], name="get_job")
+
+
+async def _get_job_documented(request: Request, job_id: str) -> Response:
+    """State, stage, progress, timestamps, attempts, stage timings and typed error of one job."""
+    return await get_job(request)
+
+
+status_doc_route = APIRoute("/v1/jobs/{job_id}", _get_job_documented, methods=["GET"],
+                            response_model=JobDocument, name="get_job", tags=["jobs"])
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(request: Request, job_id: str, caller: Caller) -> StreamingResponse:
+async def job_events(request: Request, job_id: str) -> StreamingResponse:
     """Server-sent events (`event: progress`, JSON data = JobEvent) until the job ends."""
+    caller = await authenticate(request)
     svc = services(request)
     await svc.store.get(job_id, caller.tenant)  # 404 before the stream starts
 
@@ -243,8 +264,9 @@ async def _require_succeeded(svc, job_id: str, caller: Principal) -> JobRecord:
 
 
 @router.get("/jobs/{job_id}/result", responses={200: {"content": {JSON: {}}}, 409: {}})
-async def get_result(request: Request, job_id: str, caller: Caller) -> Response:
+async def get_result(request: Request, job_id: str) -> Response:
     """The result JSON (see `kinemesh schema`)."""
+    caller = await authenticate(request)
     svc = services(request)
     rec = await _require_succeeded(svc, job_id, caller)
     data = await anyio.to_thread.run_sync(svc.storage.get_bytes, job_key(rec.tenant, job_id, RESULT_NAME))
@@ -252,8 +274,9 @@ async def get_result(request: Request, job_id: str, caller: Caller) -> Response:
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}")
-async def get_artifact(request: Request, job_id: str, name: str, caller: Caller) -> StreamingResponse:
+async def get_artifact(request: Request, job_id: str, name: str) -> StreamingResponse:
     """A binary artifact named in the job document's `artifacts`."""
+    caller = await authenticate(request)
     svc = services(request)
     rec = await _require_succeeded(svc, job_id, caller)
     if name not in rec.doc.artifacts:
@@ -275,11 +298,12 @@ async def get_artifact(request: Request, job_id: str, name: str, caller: Caller)
 
 
 @router.delete("/jobs/{job_id}", status_code=202, responses={204: {"description": "Deleted"}})
-async def delete_job(request: Request, job_id: str, caller: Caller) -> Response:
+async def delete_job(request: Request, job_id: str) -> Response:
     """Cancel a queued or running job and purge its video and results.
 
     An active job stays visible as `cancelled` (202); a finished one is deleted whole (204).
     """
+    caller = await authenticate(request)
     svc = services(request)
     prev = await svc.store.cancel(job_id, caller.tenant)
     await anyio.to_thread.run_sync(svc.storage.delete_prefix, job_prefix(caller.tenant, job_id))
