@@ -1,6 +1,6 @@
 # kinemesh — the two set-up commands are `make demo` and `make test`; both set up from scratch.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip

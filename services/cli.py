@@ -117,6 +117,19 @@ def worker_command(queue: str, name: str = "worker@%h") -> list[str]:
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", name, "--loglevel", "INFO"]
 
 
+def terminate_all(procs: list[subprocess.Popen], timeout: float) -> None:
+    """SIGTERM every process (a worker finishes its job's batch and exits), then SIGKILL stragglers."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def _cmd_gateway(args: argparse.Namespace) -> int:
     os.execv(sys.executable, gateway_command(args.host, args.port, args.workers))
     return 0
@@ -146,14 +159,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         while not stop["now"] and all(p.poll() is None for p in procs):
             time.sleep(0.5)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        terminate_all(procs, timeout=15)
     return 0 if stop["now"] else 1
 
 

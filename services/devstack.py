@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from kinemesh.services.cli import gateway_command, worker_command
+from kinemesh.services.cli import gateway_command, terminate_all, worker_command
 
 
 def free_port() -> int:
@@ -171,16 +171,7 @@ class Stack:
         return out.stdout.strip().splitlines()[-1]
 
     def stop(self) -> None:
-        procs = [p for p in [self.gateway, *self.workers] if p is not None]
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate_all([p for p in [self.gateway, *self.workers] if p is not None], timeout=10)
         r = self.redis()
         keys = list(r.scan_iter(match=f"{self.prefix}:*", count=500))
         if keys:

@@ -66,7 +66,7 @@ def clips() -> dict[str, Path]:
 def stack(redis_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real gateway (uvicorn) and one real Celery worker process."""
     s = Stack.create(redis_url, tmp_path_factory.mktemp("stack"), model_dir, KINEMESH_ENVIRONMENT="test",
-                     KINEMESH_MAX_UPLOAD_MB="40")
+                     KINEMESH_MAX_UPLOAD_MB="40", KINEMESH_MAX_FRAMES="110")
     try:
         s.start_gateway()
         s.start_worker()

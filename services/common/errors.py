@@ -56,6 +56,12 @@ class IdempotencyKeyReused(KinemeshError):
     )
 
 
+class IdempotencyKeyInFlight(KinemeshError):
+    code, title, http_status, grpc_status = (
+        "idempotency_key_in_flight", "A request with this Idempotency-Key is still being processed",
+        409, "ABORTED")
+
+
 class JobNotFinished(KinemeshError):
     code, title, http_status, grpc_status = (
         "job_not_finished", "The job has no result yet", 409, "FAILED_PRECONDITION")
@@ -97,6 +103,10 @@ class TooFewFrames(MediaError):
     code, title = "too_few_frames", "The video has too few frames"
 
 
+class TooManyFrames(MediaError):
+    code, title = "too_many_frames", "The clip has more frames than one job may process"
+
+
 class DurationTooLong(MediaError):
     code, title = "duration_too_long", "The video is longer than the limit"
 
@@ -112,6 +122,11 @@ class JobCancelled(KinemeshError):
 class JobTimedOut(KinemeshError):
     code, title, http_status, grpc_status = (
         "job_timed_out", "The job ran past the time limit", 504, "DEADLINE_EXCEEDED")
+
+
+class WorkerLost(KinemeshError):
+    code, title, http_status, grpc_status = (
+        "worker_lost", "The job stopped its worker too many times", 500, "INTERNAL")
 
 
 class ModelUnavailable(KinemeshError):

@@ -33,12 +33,13 @@ from kinemesh.services.common.schemas import (
 
 ACTIVE = (JobState.queued.value, JobState.running.value)
 
-# KEYS[1] job hash, KEYS[2] state counters; ARGV: now, channel, then field/value pairs.
-# Common tail: publish an event built from the hash after the change.
+# KEYS[1] job hash, KEYS[2] state counters; ARGV[1] now, ARGV[2] the job's event channel.
+# Every change bumps `seq` and publishes an event carrying it, so a listener can drop stale events.
 _PUBLISH = """
 local function publish(job, channel)
+  local seq = redis.call('HINCRBY', job, 'seq', 1)
   local f = redis.call('HMGET', job, 'id', 'state', 'stage', 'progress', 'error')
-  local ev = {id=f[1], state=f[2], stage=f[3] or cjson.null, progress=tonumber(f[4]) or 0}
+  local ev = {id=f[1], state=f[2], stage=f[3] or cjson.null, progress=tonumber(f[4]) or 0, seq=seq}
   if f[5] and f[5] ~= '' then ev['error'] = cjson.decode(f[5]) end
   redis.call('PUBLISH', channel, cjson.encode(ev))
 end
@@ -48,44 +49,62 @@ local function move(counters, from, to)
 end
 """
 
-# Worker takes a job: queued|running -> running (running again after a redelivery).
+# A worker takes a job: queued|running -> running (running again after a redelivery).
+# ARGV[3] worker name, ARGV[4] most attempts, ARGV[5] the problem JSON stored when a job has
+# already been started that many times without finishing (it keeps killing its worker).
+# Returns {state before, this attempt's number (0: not started)}.
 _START = _PUBLISH + """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return nil end
-if state ~= 'queued' and state ~= 'running' then return state end
+if not state then return {false, 0} end
+if state ~= 'queued' and state ~= 'running' then return {state, 0} end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if state == 'running' and attempts >= tonumber(ARGV[4]) then
+  move(KEYS[2], 'running', 'failed')
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'stage', 'failed', 'error', ARGV[5],
+    'updated_at', ARGV[1], 'finished_at', ARGV[1])
+  publish(KEYS[1], ARGV[2])
+  return {'failed', 0}
+end
 if state == 'queued' then move(KEYS[2], 'queued', 'running') end
 redis.call('HSET', KEYS[1], 'state', 'running', 'updated_at', ARGV[1], 'worker', ARGV[3],
   'stage', 'starting', 'progress', '0')
 if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 publish(KEYS[1], ARGV[2])
-return state
+return {state, attempt}
 """
 
-# Progress while running; returns the state so a cancelled job is noticed by the caller.
+# Progress of attempt ARGV[5]. Returns the state, or 'superseded' when a later attempt owns
+# the job, so a worker notices cancellation and stale runs without another round trip.
 _PROGRESS = _PUBLISH + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'running' then return state end
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts')
+if f[1] ~= 'running' then return f[1] end
+if f[2] ~= ARGV[5] then return 'superseded' end
 redis.call('HSET', KEYS[1], 'stage', ARGV[3], 'progress', ARGV[4], 'updated_at', ARGV[1])
 publish(KEYS[1], ARGV[2])
-return state
+return 'running'
 """
 
-# Terminal transition from an allowed set of states. ARGV[3] new state, ARGV[4] allowed
-# states joined by ',', ARGV[5..] field/value pairs. Returns the previous state.
+# Terminal transition. ARGV[3] new state, ARGV[4] allowed states joined by ',', ARGV[5] the
+# attempt that must own the job ('0': any, for the gateway's cancel), ARGV[6..] field/value
+# pairs. Returns the state before, or 'superseded'.
 _FINISH = _PUBLISH + """
-local state = redis.call('HGET', KEYS[1], 'state')
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts')
+local state = f[1]
 if not state then return nil end
 local allowed = false
 for s in string.gmatch(ARGV[4], '[^,]+') do if s == state then allowed = true end end
 if not allowed then return state end
+if ARGV[5] ~= '0' and f[2] ~= ARGV[5] then return 'superseded' end
 move(KEYS[2], state, ARGV[3])
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'updated_at', ARGV[1], 'finished_at', ARGV[1])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[3] == 'succeeded' then redis.call('HINCRBY', KEYS[1], 'completions', 1) end
 publish(KEYS[1], ARGV[2])
 return state
 """
+
+SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -111,8 +130,11 @@ class Keys:
     def stage_histogram(self, stage: str) -> str:
         return f"{self.prefix}:stats:stage:{stage}"
 
-    def input_retention(self) -> str:
-        return f"{self.prefix}:retention:inputs"
+    def stage_names(self) -> str:
+        return f"{self.prefix}:stats:stages"
+
+    def retention(self) -> str:
+        return f"{self.prefix}:retention"
 
     def worker_ready(self, pid: int) -> str:
         return f"{self.prefix}:worker:ready:{pid}"
@@ -209,9 +231,13 @@ def new_record_fields(job_id: str, tenant: str, options: JobOptions, clip: ClipI
     }
 
 
-def error_fields(err: KinemeshError) -> dict[str, str]:
+def problem_json(err: KinemeshError) -> str:
     problem = Problem(title=err.title, status=err.http_status, detail=err.detail, code=err.code, **err.extra)
-    return {"error": problem.model_dump_json(exclude_none=True), "stage": "failed"}
+    return problem.model_dump_json(exclude_none=True)
+
+
+def error_fields(err: KinemeshError) -> dict[str, str]:
+    return {"error": problem_json(err), "stage": "failed"}
 
 
 def event_from_record(rec: JobRecord) -> JobEvent:
@@ -252,39 +278,43 @@ class JobStore(_Base):
             raise NotFound(f"job {job_id} does not exist")
         return decode_record(raw)
 
-    def state(self, job_id: str) -> JobState | None:
-        value = self.r.hget(self.keys.job(job_id), "state")
-        return JobState(value) if value else None
+    def current(self, job_id: str, attempt: int) -> str | None:
+        """The job's state as attempt `attempt` sees it: a state, SUPERSEDED, or None if gone."""
+        state, attempts = self.r.hmget(self.keys.job(job_id), "state", "attempts")
+        if state == JobState.running.value and attempts != str(attempt):
+            return SUPERSEDED
+        return state
 
-    def start(self, job_id: str, worker: str) -> JobState | None:
-        """Mark running; returns the state before (None if the job is gone)."""
-        prev = self._start(keys=[self.keys.job(job_id), self.keys.counters()],
-                           args=[time.time(), self.keys.channel(job_id), worker])
-        return JobState(prev) if prev else None
-
-    def progress(self, job_id: str, stage: str, fraction: float) -> JobState | None:
-        state = self._progress(keys=[self.keys.job(job_id), self.keys.counters()],
-                               args=[time.time(), self.keys.channel(job_id), stage, f"{fraction:.4f}"])
-        return JobState(state) if state else None
-
-    def finish(self, job_id: str, state: JobState, fields: dict[str, str],
-               allowed: tuple[str, ...] = (JobState.running.value,)) -> JobState | None:
-        prev = self._finish(
+    def start(self, job_id: str, worker: str, max_attempts: int, lost: KinemeshError) -> tuple[str | None, int]:
+        """Begin an attempt: (state before, attempt number); attempt 0 means do not run."""
+        prev, attempt = self._start(
             keys=[self.keys.job(job_id), self.keys.counters()],
-            args=[time.time(), self.keys.channel(job_id), state.value, ",".join(allowed),
+            args=[time.time(), self.keys.channel(job_id), worker, max_attempts, problem_json(lost)])
+        return prev or None, int(attempt)
+
+    def progress(self, job_id: str, attempt: int, stage: str, fraction: float) -> str | None:
+        return self._progress(keys=[self.keys.job(job_id), self.keys.counters()],
+                              args=[time.time(), self.keys.channel(job_id), stage, f"{fraction:.4f}", attempt])
+
+    def finish(self, job_id: str, state: JobState, fields: dict[str, str], attempt: int,
+               allowed: tuple[str, ...] = (JobState.running.value,)) -> str | None:
+        """Terminal transition by attempt `attempt`; returns the state before (or SUPERSEDED)."""
+        return self._finish(
+            keys=[self.keys.job(job_id), self.keys.counters()],
+            args=[time.time(), self.keys.channel(job_id), state.value, ",".join(allowed), attempt,
                   *self._flatten(fields)],
         )
-        return JobState(prev) if prev else None
 
-    def schedule_input_deletion(self, input_key: str, after_s: float) -> None:
-        self.r.zadd(self.keys.input_retention(), {input_key: time.time() + after_s})
+    def schedule_deletion(self, key_or_prefix: str, after_s: float) -> None:
+        """Delete a storage object (or a prefix ending in '/') once `after_s` has passed."""
+        self.r.zadd(self.keys.retention(), {key_or_prefix: time.time() + after_s})
 
-    def due_input_deletions(self, limit: int = 100) -> list[str]:
-        key = self.keys.input_retention()
-        due = self.r.zrangebyscore(key, "-inf", time.time(), start=0, num=limit)
-        if due:
-            self.r.zrem(key, *due)
-        return due
+    def due_deletions(self, limit: int = 100) -> list[str]:
+        """Objects whose time has come; the caller calls `deleted` once each is gone."""
+        return self.r.zrangebyscore(self.keys.retention(), "-inf", time.time(), start=0, num=limit)
+
+    def deleted(self, key_or_prefix: str) -> None:
+        self.r.zrem(self.keys.retention(), key_or_prefix)
 
     def observe_stage(self, stage: str, seconds: float, buckets: tuple[float, ...]) -> None:
         """Add one stage duration to the shared histogram the gateway exports."""
@@ -295,6 +325,7 @@ class JobStore(_Base):
                 pipe.hincrby(key, f"le:{b}", 1)
         pipe.hincrby(key, "count", 1)
         pipe.hincrbyfloat(key, "sum", seconds)
+        pipe.sadd(self.keys.stage_names(), stage)
         pipe.execute()
 
 
@@ -307,9 +338,13 @@ class AsyncJobStore(_Base):
         self._finish = client.register_script(_FINISH)
 
     async def create(self, tenant: str, options: JobOptions, clip: ClipInfo, input_key: str, request_hash: str,
-                     job_id: str) -> JobRecord:
+                     job_id: str, idempotency_key: str | None = None) -> JobRecord:
         fields = new_record_fields(job_id, tenant, options, clip, input_key, request_hash)
+        if idempotency_key:
+            fields["idempotency_key"] = self.keys.idempotency(tenant, idempotency_key)
         pipe = self.r.pipeline(transaction=True)
+        # entries older than a record can live point at nothing: drop them as new ones come
+        pipe.zremrangebyscore(self.keys.tenant_jobs(tenant), "-inf", f"({time.time() - self.job_ttl_s}")
         pipe.hset(self.keys.job(job_id), mapping=fields)
         pipe.expire(self.keys.job(job_id), self.job_ttl_s)
         pipe.zadd(self.keys.tenant_jobs(tenant), {job_id: float(fields["created_at"])})
@@ -352,15 +387,21 @@ class AsyncJobStore(_Base):
         await self.get(job_id, tenant)
         prev = await self._finish(
             keys=[self.keys.job(job_id), self.keys.counters()],
-            args=[time.time(), self.keys.channel(job_id), JobState.cancelled.value, ",".join(ACTIVE),
+            args=[time.time(), self.keys.channel(job_id), JobState.cancelled.value, ",".join(ACTIVE), 0,
                   "stage", "cancelled"],
         )
         return JobState(prev) if prev else None
 
     async def delete(self, job_id: str, tenant: str) -> None:
+        """Remove the record, its listing entry, its Idempotency-Key and its share of the counters."""
+        raw = await self.r.hmget(self.keys.job(job_id), "state", "idempotency_key")
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(self.keys.job(job_id))
         pipe.zrem(self.keys.tenant_jobs(tenant), job_id)
+        if raw[0] in ACTIVE:
+            pipe.hincrby(self.keys.counters(), raw[0], -1)
+        if raw[1]:
+            pipe.delete(raw[1])
         await pipe.execute()
 
     async def claim_idempotency(self, tenant: str, key: str, job_id: str, request_hash: str,
@@ -386,8 +427,9 @@ class AsyncJobStore(_Base):
         return {k: int(v) for k, v in raw.items()}
 
     async def stage_histograms(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        async for key in self.r.scan_iter(match=self.keys.stage_histogram("*"), count=100):
-            stage = key.rsplit(":", 1)[-1]
-            out[stage] = {k: float(v) for k, v in (await self.r.hgetall(key)).items()}
-        return out
+        stages = sorted(await self.r.smembers(self.keys.stage_names()))
+        pipe = self.r.pipeline(transaction=False)
+        for stage in stages:
+            pipe.hgetall(self.keys.stage_histogram(stage))
+        return {stage: {k: float(v) for k, v in h.items()}
+                for stage, h in zip(stages, await pipe.execute(), strict=True)}

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         300, description="Broker visibility timeout = job_time_limit_s + this; an unacked job is redelivered after it."
     )
     max_retries: int = Field(3, description="Retries of a job after a transient fault.")
+    max_attempts: int = Field(
+        6, description="Starts of one job (retries and redeliveries) before it fails as `worker_lost`."
+    )
+    retention_sweep_s: float = Field(60.0, description="How often each worker deletes expired uploads and results.")
+    max_frames: int = Field(
+        36_000, description="Most sampled frames one job may process (duration x target fps); more gets 422."
+    )
 
     api_key_pepper: str = Field(
         DEV_TOKEN_SECRET, description="Server-side secret mixed into API-key hashes; set it in production."
@@ -65,6 +72,8 @@ class Settings(BaseSettings):
                 raise ValueError("KINEMESH_API_KEY_PEPPER must be set in production")
             if self.allow_dev_key:
                 raise ValueError("KINEMESH_ALLOW_DEV_KEY must be off in production")
+        if self.max_attempts <= self.max_retries:
+            raise ValueError("KINEMESH_MAX_ATTEMPTS must exceed KINEMESH_MAX_RETRIES")
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("KINEMESH_S3_BUCKET is required with the s3 storage backend")
         return self

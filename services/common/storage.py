@@ -191,8 +191,7 @@ class S3Storage:
         self._call(self.client.put_object, Bucket=self.bucket, Key=self._k(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes:
-        obj = self._call(self.client.get_object, Bucket=self.bucket, Key=self._k(key))
-        return obj["Body"].read()
+        return self._call(lambda: self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read())
 
     @contextmanager
     def open_local(self, key: str) -> Iterator[Path]:
@@ -229,7 +228,12 @@ class S3Storage:
         keys = self.list_prefix(prefix)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self.prefix + k} for k in keys[start:start + 1000]]
-            self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            out = self._call(self.client.delete_objects, Bucket=self.bucket,
+                             Delete={"Objects": batch, "Quiet": True})
+            if out.get("Errors"):
+                first = out["Errors"][0]
+                raise StorageUnavailable(f"S3 kept {len(out['Errors'])} object(s), e.g. {first.get('Key')}: "
+                                         f"{first.get('Code')}")
         return len(keys)
 
     def check_writable(self) -> None:

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from kinemesh.services.common.errors import EmptyUpload, InvalidRequest, UploadTooLarge
 
 MAX_FIELD_BYTES = 64 * 1024  # the JSON `options` part
+MAX_ENVELOPE_BYTES = 1024 * 1024  # multipart headers, boundaries and other parts, all together
+KEPT_FIELDS = frozenset({"options"})  # other non-file parts are read past, never stored
 
 
 @dataclass
@@ -86,8 +89,6 @@ async def spool_multipart(chunks: AsyncIterator[bytes], content_type: str, dest:
     fields: dict[str, str] = {}
     state: dict[str, Any] = {"name": None, "is_file": False, "buf": bytearray(), "files": 0,
                              "header_field": bytearray(), "header_value": bytearray(), "headers": {}}
-    fh = dest.open("wb")
-    sink = _Sink(fh, limit)
 
     def on_part_begin() -> None:
         state["headers"] = {}
@@ -116,29 +117,40 @@ async def spool_multipart(chunks: AsyncIterator[bytes], content_type: str, dest:
     def on_part_data(data: bytes, start: int, end: int) -> None:
         if state["is_file"]:
             sink.write(data[start:end])
-        else:
+        elif state["name"] in KEPT_FIELDS:
             state["buf"] += data[start:end]
             if len(state["buf"]) > MAX_FIELD_BYTES:
                 raise InvalidRequest(f"form field {state['name']!r} is larger than {MAX_FIELD_BYTES} bytes")
 
     def on_part_end() -> None:
-        if not state["is_file"] and state["name"]:
+        if not state["is_file"] and state["name"] in KEPT_FIELDS:
             fields[state["name"]] = state["buf"].decode("utf-8", "replace")
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    try:
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
+        })
+    except Exception as exc:  # e.g. a boundary longer than the parser accepts
+        raise InvalidRequest(f"unusable multipart boundary: {exc}") from exc
+    envelope_limit = limit + MAX_ENVELOPE_BYTES  # the whole body, other parts included
+    received = 0
+    fh = dest.open("wb")
+    sink = _Sink(fh, limit)
     try:
         with fh:
             async for chunk in chunks:
                 if chunk:
+                    received += len(chunk)
+                    if received > envelope_limit:
+                        raise UploadTooLarge(f"the request exceeds {limit / 1024 / 1024:.0f} MB",
+                                             limit_bytes=limit)
                     parser.write(chunk)
             parser.finalize()
     except BaseException as exc:
         dest.unlink(missing_ok=True)
-        if isinstance(exc, (UploadTooLarge, InvalidRequest)):
+        if isinstance(exc, (UploadTooLarge, InvalidRequest, ClientDisconnect)):
             raise
         if isinstance(exc, Exception):
             raise InvalidRequest(f"malformed multipart body: {exc}") from exc

@@ -13,6 +13,8 @@ def process_job_task(self, job_id: str) -> None:
     runner = get_runner()
     try:
         runner.process(job_id, final_attempt=self.request.retries >= runner.settings.max_retries)
-    except KinemeshError as exc:  # only transient errors get here; the runner stored the rest
+    except KinemeshError as exc:  # the runner stored every failure but transient ones
+        if not exc.retryable:
+            raise
         raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries),
                          max_retries=runner.settings.max_retries) from exc

@@ -43,6 +43,12 @@ def _stored_files(stack: Stack, tenant: str) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
+def _stored_jobs(stack: Stack, tenant: str) -> set[str]:
+    """Job folders in storage (a running job may add files to its own folder meanwhile)."""
+    root = stack.root / "storage" / "tenants" / tenant / "jobs"
+    return {p.name for p in root.iterdir()} if root.exists() else set()
+
+
 def _spool_files(stack: Stack) -> list[Path]:
     spool = stack.root / "spool"
     return list(spool.iterdir()) if spool.exists() else []
@@ -85,7 +91,12 @@ def test_artifact_listing_and_download(acme: Client, finished_job: dict) -> None
 
 def test_events_stream_ends_and_progress_is_monotonic(acme: Client, clips: dict[str, Path]) -> None:
     job = acme.submit(clips["single_cam01"], target_fps=15)
-    events = list(acme.events(job["id"]))
+    with acme.http.stream("GET", f"/v1/jobs/{job['id']}/events") as resp:
+        ids = [int(line[3:]) for line in resp.iter_lines() if line.startswith("id:")]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), "event ids increase strictly"
+    events = list(acme.events(job["id"]))  # a late listener gets the final state at once
+    assert len(events) == 1 and events[-1]["state"] == "succeeded"
+    events = list(acme.events(acme.submit(clips["single_cam01"], target_fps=15)["id"]))
     assert events[-1]["state"] == "succeeded"
     progress = [e["progress"] for e in events if e["state"] == "running"]
     assert progress == sorted(progress)
@@ -105,6 +116,10 @@ def test_multipart_upload_with_options(stack: Stack, keys: dict[str, str], tmp_p
     assert doc["clip"]["width"] == 160
     # the user's file name never reaches storage
     assert not any("my clip" in str(p) for p in _stored_files(stack, "acme"))
+    done = Client(stack.url, keys["acme"]).wait(doc["id"])
+    assert done["state"] == "succeeded"
+    result = Client(stack.url, keys["acme"]).result(doc["id"])
+    assert all("keypoints_3d" not in tf for t in result["tracks"] for tf in t["frames"])
 
 
 def test_listing_is_paginated_and_per_tenant(stack: Stack, keys: dict[str, str], acme: Client,
@@ -157,42 +172,60 @@ BAD_INPUTS = {
 def test_bad_input_is_refused_and_leaves_nothing(stack: Stack, acme: Client, tmp_path: Path, name: str) -> None:
     make, status, code = BAD_INPUTS[name]
     path = make(tmp_path)
-    before = _stored_files(stack, "acme")
+    before = _stored_jobs(stack, "acme")
     with pytest.raises(ApiError) as exc:
         acme.submit(Path(path))
     assert (exc.value.status, exc.value.code) == (status, code), exc.value.problem
     assert exc.value.problem["title"] and exc.value.problem["detail"]
-    assert _stored_files(stack, "acme") == before
+    assert _stored_jobs(stack, "acme") == before
     assert _spool_files(stack) == []
 
 
 def test_truncated_mp4_is_refused(stack: Stack, acme: Client, clips: dict[str, Path], tmp_path: Path) -> None:
     cut = media.truncate(clips["single_cam01"], tmp_path / "cut.mp4", 0.5)
-    before = _stored_files(stack, "acme")
+    before = _stored_jobs(stack, "acme")
     with pytest.raises(ApiError) as exc:
         acme.submit(cut)
     assert exc.value.status == 422 and exc.value.code in ("not_a_video", "no_decodable_frames")
-    assert _stored_files(stack, "acme") == before
+    assert _stored_jobs(stack, "acme") == before
 
 
-def test_oversize_upload_streams_to_413(stack: Stack, keys: dict[str, str]) -> None:
+def _metric(stack: Stack, needle: str) -> float:
+    for line in httpx.get(f"{stack.url}/metrics").text.splitlines():
+        if line.startswith(needle):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.parametrize("kind", ["raw", "multipart"])
+def test_oversize_upload_streams_to_413(stack: Stack, keys: dict[str, str], kind: str) -> None:
     limit = 40 * 1024 * 1024
-    before = _stored_files(stack, "acme")
+    before = _stored_jobs(stack, "acme")
+    counter = 'kinemesh_http_requests_total{method="POST",route="/v1/jobs",status="413"}'
+    refused_before = _metric(stack, counter)
 
     def body():  # chunked, no Content-Length: the gateway must count as it goes
+        if kind == "multipart":
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.mp4"\r\n\r\n'
         chunk = b"\0" * (1 << 20)
         for _ in range(limit // len(chunk) + 2):
             yield chunk
 
-    resp = httpx.post(f"{stack.url}/v1/jobs", headers={"X-API-Key": keys["acme"]}, content=body(), timeout=60)
-    assert resp.status_code == 413 and resp.json()["code"] == "upload_too_large"
+    ctype = "multipart/form-data; boundary=b" if kind == "multipart" else "application/octet-stream"
+    try:
+        resp = httpx.post(f"{stack.url}/v1/jobs", content=body(), timeout=60,
+                          headers={"X-API-Key": keys["acme"], "Content-Type": ctype})
+        assert resp.status_code == 413 and resp.json()["code"] == "upload_too_large"
+    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+        pass  # the server answered 413 and closed while we were still sending: the reset can eat the reply
+    assert _metric(stack, counter) == refused_before + 1
     # a declared Content-Length over the limit is refused before a byte of the body is read
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
         sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nX-API-Key: {keys['acme']}\r\n"
                      f"Content-Length: {limit * 2}\r\n\r\n".encode())
         head = sock.recv(4096).decode(errors="replace")
     assert head.startswith("HTTP/1.1 413") and "upload_too_large" in head
-    assert _stored_files(stack, "acme") == before
+    assert _stored_jobs(stack, "acme") == before
     assert _spool_files(stack) == []
 
 
@@ -201,6 +234,16 @@ def test_bad_options_are_422(acme: Client, query: str, tmp_path: Path) -> None:
     clip = media.make_video(tmp_path / "c.mp4", frames=4, size=(64, 64), fps=10)
     resp = acme.http.post(f"/v1/jobs?{query}", content=clip.read_bytes())
     assert resp.status_code == 422 and resp.json()["code"] == "invalid_request"
+
+
+def test_too_many_frames_for_one_job(acme: Client, tmp_path: Path) -> None:
+    """The stack allows 110 sampled frames a job: 4 s at 30 fps is refused, at 10 fps accepted."""
+    clip = media.make_video(tmp_path / "long.mp4", frames=120, size=(64, 64), fps=30)
+    with pytest.raises(ApiError) as exc:
+        acme.submit(clip, target_fps=30)
+    assert (exc.value.status, exc.value.code) == (422, "too_many_frames")
+    assert exc.value.problem["max_frames"] == 110
+    assert acme.submit(clip, target_fps=10)["state"] == "queued"
 
 
 def test_idempotency_key(acme: Client, tmp_path: Path) -> None:
@@ -247,5 +290,5 @@ def test_health_readiness_and_metrics(stack: Stack, finished_job: dict) -> None:
     assert 'kinemesh_jobs{state="succeeded"}' in text
     assert "kinemesh_queue_depth" in text
     assert 'kinemesh_stage_seconds_count{stage="keypoints"}' in text
-    assert 'route="/v1/jobs/{job_id}"' in text
+    assert 'kinemesh_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"}' in text
     assert httpx.get(f"{stack.url}/nope").json()["code"] == "not_found"

@@ -120,10 +120,37 @@ def test_a_finished_job_is_not_run_again(runner: JobRunner, tmp_path: Path) -> N
     assert rec.doc.attempts == 1 and rec.completions == 1
 
 
-def test_expired_inputs_are_swept(runner: JobRunner, tmp_path: Path) -> None:
+def test_retention_deletes_the_upload_then_the_results(runner: JobRunner, tmp_path: Path) -> None:
     job_id = _queue_job(runner, media.make_video(tmp_path / "c.mp4", frames=8, size=(96, 96), fps=10))
-    runner.settings.video_retention_s = -1  # already due when the job ends
+    runner.settings.video_retention_s = -1  # the upload is due as soon as the job ends
     runner.process(job_id)
-    runner.sweep_inputs()
+    assert runner.sweep() == 1
     assert not runner.storage.exists(job_key("acme", job_id, INPUT_NAME))
+    assert runner.storage.exists(job_key("acme", job_id, RESULT_NAME))
+    runner.settings.job_ttl_s = -1  # now the record's lifetime ends too: results go with it
+    job2 = _queue_job(runner, media.make_video(tmp_path / "d.mp4", frames=8, size=(96, 96), fps=10))
+    runner.process(job2)
+    runner.sweep()
+    assert runner.storage.list_prefix(f"tenants/acme/jobs/{job2}/") == []
+
+
+def test_a_stale_duplicate_run_never_purges_a_newer_result(runner: JobRunner, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker A is slow, the broker hands the job to worker B, which finishes first: A must
+    stop quietly when it next reports, leaving B's result in place."""
+    job_id = _queue_job(runner, media.make_video(tmp_path / "c.mp4", frames=40, size=(96, 96), fps=10))
+    real_run = Pipeline.run
+    calls = {"n": 0}
+
+    def slow_first_run(self, path, options, ctx, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:  # attempt 1: before it gets anywhere, attempt 2 runs to the end
+            monkeypatch.setattr(Pipeline, "run", real_run)
+            runner.process(job_id)
+        return real_run(self, path, options, ctx, **kw)
+
+    monkeypatch.setattr(Pipeline, "run", slow_first_run)
+    runner.process(job_id)
+    rec = runner.store.get(job_id)
+    assert rec.doc.state is JobState.succeeded and rec.doc.attempts == 2 and rec.completions == 1
     assert runner.storage.exists(job_key("acme", job_id, RESULT_NAME))

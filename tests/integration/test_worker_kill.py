@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 # Redelivery happens once the broker's visibility timeout (job limit + margin) has passed;
 # a short one keeps the test short. Production keeps it above the longest job.
-JOB_LIMIT_S = 20
+JOB_LIMIT_S = 30
 
 
 def test_killed_worker_job_finishes_exactly_once(redis_url: str, model_dir: Path, clips: dict[str, Path],

@@ -71,6 +71,8 @@ def test_production_refuses_the_dev_pepper(monkeypatch: pytest.MonkeyPatch) -> N
     from kinemesh.services.common.settings import Settings
 
     monkeypatch.setenv("KINEMESH_ENVIRONMENT", "production")
+    monkeypatch.delenv("KINEMESH_API_KEY_PEPPER", raising=False)
+    monkeypatch.delenv("KINEMESH_ALLOW_DEV_KEY", raising=False)
     with pytest.raises(ValueError, match="PEPPER"):
         Settings()
     monkeypatch.setenv("KINEMESH_API_KEY_PEPPER", "a-real-secret")

@@ -6,16 +6,18 @@ import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio as aredis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from kinemesh import __version__
 from kinemesh.services.common.auth import Authenticator
-from kinemesh.services.common.errors import InvalidRequest, KinemeshError, NotFound
+from kinemesh.services.common.errors import InvalidRequest, KinemeshError, NotFound, QueueUnavailable
 from kinemesh.services.common.jobstore import AsyncJobStore
 from kinemesh.services.common.queue import make_celery
 from kinemesh.services.common.settings import Settings, get_settings
@@ -102,6 +104,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status_code == 404:
             return problem_response(NotFound(f"no route {request.url.path}"), request.url.path)
         return problem_response(_HttpError(str(exc.detail), status=exc.status_code), request.url.path)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client went away mid-upload: nobody reads this, and it is not a server fault.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("Redis error on %s: %s", request.url.path, type(exc).__name__)
+        return problem_response(QueueUnavailable("the job store is unreachable; retry shortly"), request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

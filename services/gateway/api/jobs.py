@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,15 +21,23 @@ from starlette.routing import Route
 
 from kinemesh.services.common.auth import Principal, extract_key
 from kinemesh.services.common.errors import (
+    IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InvalidRequest,
     JobNotFinished,
     KinemeshError,
     NotFound,
     QueueUnavailable,
+    TooManyFrames,
     UploadTooLarge,
 )
-from kinemesh.services.common.jobstore import JobRecord, document_json, event_from_record, new_job_id
+from kinemesh.services.common.jobstore import (
+    JobRecord,
+    decode_record,
+    document_json,
+    event_from_record,
+    new_job_id,
+)
 from kinemesh.services.common.media import probe
 from kinemesh.services.common.queue import PROCESS_JOB_TASK
 from kinemesh.services.common.schemas import ClipInfo, JobDocument, JobEvent, JobList, JobOptions, JobState
@@ -137,13 +146,20 @@ async def _accept(svc, caller: Principal, upload: SpooledUpload, options: JobOpt
         meta = await anyio.to_thread.run_sync(lambda: probe(
             upload.path, max_duration_s=settings.max_duration_s, max_pixels=settings.max_pixels,
             max_side=settings.max_side, min_frames=settings.min_frames))
+        fps = min(options.target_fps or settings.default_target_fps, meta.source_fps)
+        frames = int(meta.duration_s * fps)
+        if frames > settings.max_frames:
+            raise TooManyFrames(f"{meta.duration_s:.0f} s at {fps:g} fps is {frames} frames; one job may "
+                                f"process {settings.max_frames} (lower target_fps or split the clip)",
+                                frames=frames, max_frames=settings.max_frames)
         clip = ClipInfo(width=meta.width, height=meta.height, rotation_deg=meta.rotation_deg,
                         source_fps=round(meta.source_fps, 4), duration_s=round(meta.duration_s, 4),
                         source_frames=meta.source_frames, codec=meta.codec, container=meta.container,
                         size_bytes=upload.size)
         input_key = job_key(caller.tenant, job_id, INPUT_NAME)
         await anyio.to_thread.run_sync(svc.storage.put_file, input_key, upload.path)
-        rec = await svc.store.create(caller.tenant, options, clip, input_key, request_hash, job_id)
+        rec = await svc.store.create(caller.tenant, options, clip, input_key, request_hash, job_id,
+                                     idempotency_key)
         try:
             await anyio.to_thread.run_sync(
                 lambda: svc.celery.send_task(PROCESS_JOB_TASK, args=[job_id], queue=settings.queue))
@@ -166,7 +182,7 @@ async def _existing(svc, caller: Principal, job_id: str) -> Response:
             return _doc_response(rec, 202, {"Location": f"/v1/jobs/{job_id}", "Idempotent-Replayed": "true"})
         except NotFound:
             await asyncio.sleep(0.1)
-    raise InvalidRequest("a request with this Idempotency-Key is still being processed; retry shortly")
+    raise IdempotencyKeyInFlight("a request with this Idempotency-Key is still being processed; retry shortly")
 
 
 @router.get("/jobs", response_model=JobList)
@@ -183,6 +199,8 @@ async def list_jobs(
             before = float(base64.urlsafe_b64decode(cursor.encode()).decode())
         except ValueError as exc:
             raise InvalidRequest("invalid cursor") from exc
+        if not math.isfinite(before):
+            raise InvalidRequest("invalid cursor")
     records, nxt = await services(request).store.list(caller.tenant, limit, before)
     next_cursor = base64.urlsafe_b64encode(repr(nxt).encode()).decode() if nxt is not None else None
     body = JobList(items=[r.doc for r in records], next_cursor=next_cursor)
@@ -201,7 +219,16 @@ async def get_job(request: Request) -> Response:
     return Response(document_json(raw), media_type=JSON)
 
 
-status_route = Route("/v1/jobs/{job_id}", get_job, methods=["GET"], name="get_job")
+class _PlainRoute(Route):
+    """A Starlette route that records itself in the scope (FastAPI's router only does so for its
+    own routes), so metrics label it by its template."""
+
+    async def handle(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI signature
+        scope["route"] = self
+        await super().handle(scope, receive, send)
+
+
+status_route = _PlainRoute("/v1/jobs/{job_id}", get_job, methods=["GET"], name="get_job")
 
 
 async def _get_job_documented(request: Request, job_id: str) -> Response:
@@ -226,23 +253,29 @@ async def job_events(request: Request, job_id: str) -> StreamingResponse:
         await pubsub.subscribe(svc.store.keys.channel(job_id))
         try:
             # Read after subscribing, so no change between the two is missed.
-            ev = event_from_record(await svc.store.get(job_id, caller.tenant))
-            yield _sse(ev)
+            raw = await svc.store.get_raw(job_id, caller.tenant)
+            ev, seen = event_from_record(decode_record(raw)), int(raw.get("seq") or 0)
+            yield _sse(ev, seen)
             while not ev.state.terminal:
                 if await request.is_disconnected():
                     return
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SSE_KEEPALIVE_S)
                 if msg is None:
                     try:  # quiet for a while: re-read (also notices an expired or deleted job)
-                        ev = event_from_record(await svc.store.get(job_id, caller.tenant))
+                        raw = await svc.store.get_raw(job_id, caller.tenant)
                     except NotFound:
                         return
                     yield b": keepalive\n\n"
-                    if ev.state.terminal:
-                        yield _sse(ev)
+                    if int(raw.get("seq") or 0) > seen:
+                        ev, seen = event_from_record(decode_record(raw)), int(raw.get("seq") or 0)
+                        yield _sse(ev, seen)
                     continue
-                ev = JobEvent.model_validate(json.loads(msg["data"]))
-                yield _sse(ev)
+                data = json.loads(msg["data"])
+                if int(data.get("seq") or 0) <= seen:
+                    continue  # published before the snapshot we already sent
+                seen = int(data["seq"])
+                ev = JobEvent.model_validate({k: v for k, v in data.items() if k != "seq"})
+                yield _sse(ev, seen)
         finally:
             await pubsub.unsubscribe()
             await pubsub.aclose()
@@ -251,9 +284,10 @@ async def job_events(request: Request, job_id: str) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _sse(ev: JobEvent) -> bytes:
+def _sse(ev: JobEvent, seq: int) -> bytes:
+    """One SSE frame; `id` is the record's change counter, increasing with every change."""
     name = "end" if ev.state.terminal else "progress"
-    return f"event: {name}\ndata: {ev.model_dump_json()}\n\n".encode()
+    return f"id: {seq}\nevent: {name}\ndata: {ev.model_dump_json()}\n\n".encode()
 
 
 async def _require_succeeded(svc, job_id: str, caller: Principal) -> JobRecord:
@@ -269,8 +303,7 @@ async def get_result(request: Request, job_id: str) -> Response:
     caller = await authenticate(request)
     svc = services(request)
     rec = await _require_succeeded(svc, job_id, caller)
-    data = await anyio.to_thread.run_sync(svc.storage.get_bytes, job_key(rec.tenant, job_id, RESULT_NAME))
-    return Response(data, media_type=JSON)
+    return await _stream_object(svc, job_key(rec.tenant, job_id, RESULT_NAME), JSON)
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}")
@@ -281,20 +314,25 @@ async def get_artifact(request: Request, job_id: str, name: str) -> StreamingRes
     rec = await _require_succeeded(svc, job_id, caller)
     if name not in rec.doc.artifacts:
         raise NotFound(f"job {job_id} has no artifact {name!r}")
-    key = job_key(rec.tenant, job_id, name)
+    media = "application/zip" if name.endswith(".npz") else "application/octet-stream"
+    return await _stream_object(svc, job_key(rec.tenant, job_id, name), media,
+                                {"Content-Disposition": f'attachment; filename="{Path(name).name}"'})
+
+
+async def _stream_object(svc, key: str, media_type: str, headers: dict[str, str] | None = None) -> StreamingResponse:
+    """Stream a stored object in chunks read off the event loop; never the whole object in memory."""
     size = await anyio.to_thread.run_sync(svc.storage.size, key)
     chunks = svc.storage.iter_chunks(key)
 
     async def body() -> AsyncIterator[bytes]:
-        while True:
-            chunk = await anyio.to_thread.run_sync(next, chunks, None)
-            if chunk is None:
-                return
-            yield chunk
+        try:
+            while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
+                yield chunk
+        finally:
+            chunks.close()  # releases the file or the S3 connection if the client left early
 
-    media = "application/zip" if name.endswith(".npz") else "application/octet-stream"
-    return StreamingResponse(body(), media_type=media, headers={
-        "Content-Length": str(size), "Content-Disposition": f'attachment; filename="{Path(name).name}"'})
+    return StreamingResponse(body(), media_type=media_type,
+                             headers={"Content-Length": str(size), **(headers or {})})
 
 
 @router.delete("/jobs/{job_id}", status_code=202, responses={204: {"description": "Deleted"}})
