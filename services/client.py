@@ -79,7 +79,9 @@ class Client:
 
     def events(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Server-sent events of a job until it ends."""
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as resp:
+        # the server sends a keepalive every 15 s: a minute of silence means the connection is dead
+        timeout = httpx.Timeout(10.0, read=60.0)
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as resp:
             if resp.status_code >= 400:
                 resp.read()
                 self._check(resp)

@@ -21,11 +21,16 @@ LATENCY = Histogram("kinemesh_http_request_seconds", "HTTP request latency", ["m
                     registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware overhead); labels by route template, not raw path."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # label lookups take a lock and hash the labels: resolve each combination once
+        self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,10 +47,15 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
-            LATENCY.labels(scope["method"], template).observe(time.perf_counter() - start)
+            template = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"  # bounded labels
+            key = (method, template, status["code"])
+            children = self._children.get(key)
+            if children is None:
+                children = (REQUESTS.labels(key[0], template, str(key[2])), LATENCY.labels(key[0], template))
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
 
 class _Snapshot:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 import redis.asyncio as aredis
@@ -52,6 +54,22 @@ class _HttpError(KinemeshError):
         self.http_status = status  # type: ignore[misc]
 
 
+SPOOL_STALE_S = 3600
+
+
+def _clean_spool(spool: Path) -> None:
+    """Remove uploads left by a gateway that died mid-request (old ones only: the folder is shared
+    by every gateway process on this host)."""
+    spool.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - SPOOL_STALE_S
+    for path in spool.glob("*.upload"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def problem_response(err: KinemeshError, instance: str | None = None) -> JSONResponse:
     body = {"type": f"https://kinemesh.dev/problems/{err.code}", "title": err.title, "status": err.http_status,
             "detail": err.detail, "code": err.code, **err.extra}
@@ -76,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=create_storage(settings),
             celery=make_celery(settings),
         )
-        (settings.storage_dir.parent / "spool").mkdir(parents=True, exist_ok=True)
+        _clean_spool(settings.storage_dir.parent / "spool")
         yield
         await client.aclose()
 
