@@ -18,20 +18,15 @@ import os
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from kinemesh.models.assets import mediapipe_pose
 from kinemesh.models.assets.pose2sim_clips import ensure_demo_clips
 from kinemesh.services.common.errors import JobCancelled, ModelUnavailable
-from kinemesh.services.worker.stages.base import (
-    NUM_LANDMARKS,
-    ClipMeta,
-    DecodedVideo,
-    FrameBatch,
-    KeypointTracks,
-)
+from kinemesh.services.common.media import MediaLimits
+from kinemesh.services.worker.stages.base import NUM_LANDMARKS, DecodedVideo, KeypointTracks
+from kinemesh.services.worker.stages.decode import DecodeStage
 from kinemesh.services.worker.stages.keypoints import KeypointStage
 
 pytestmark = pytest.mark.slow
@@ -80,35 +75,9 @@ def multi_run(stage: KeypointStage, clips) -> KeypointTracks:
 
 
 def decode(path: Path, target_fps: float = TARGET_FPS, batch_frames: int = 16) -> DecodedVideo:
-    """A lazily decoding DecodedVideo (PyAV), keeping every n-th frame to reach target_fps."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        source_fps = float(stream.average_rate)
-        width, height = stream.codec_context.width, stream.codec_context.height
-        n_frames = stream.frames
-        duration = float(container.duration / 1e6)
-    step = max(1, round(source_fps / target_fps))
-    meta = ClipMeta(
-        width=width, height=height, rotation_deg=0, source_fps=source_fps, target_fps=source_fps / step,
-        duration_s=duration, source_frames=n_frames, codec="h264", container="mp4",
-    )
-
-    def batches():
-        images, stamps, indices = [], [], []
-        with av.open(str(path)) as container:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i % step:
-                    continue
-                images.append(frame.to_ndarray(format="rgb24"))
-                stamps.append(float(frame.time))
-                indices.append(i // step)
-                if len(images) == batch_frames:
-                    yield FrameBatch(np.array(indices, np.int64), np.array(stamps), np.stack(images))
-                    images, stamps, indices = [], [], []
-        if images:
-            yield FrameBatch(np.array(indices, np.int64), np.array(stamps), np.stack(images))
-
-    return DecodedVideo(meta=meta, batches=batches)
+    """The real decode stage (PyAV, threaded, resampled to target_fps)."""
+    limits = MediaLimits(max_duration_s=600, max_pixels=3840 * 2160, max_side=4096)
+    return DecodeStage(batch_frames=batch_frames).open(path, target_fps, limits=limits)
 
 
 class RecordingContext:
