@@ -228,7 +228,6 @@ def test_build_is_reproducible(pose_task: Path, tmp_path: Path):
     result = mediapipe_pose.build(tmp_path / "mp", cache_dir=CACHE / "wheels", verify=False)
     assert not result.skipped
     assert result.manifest["output"]["sha256"] == recorded["output"]["sha256"]
-    assert result.manifest["build_seconds"] < 60
     assert mediapipe_pose.task_path(tmp_path / "mp") == result.task_path
     assert mediapipe_pose.task_path(result.task_path) == result.task_path
     model_dir = pose_task.parent.parent  # the settings' model_dir
