@@ -1,0 +1,39 @@
+"""The inference-backend interface.
+
+A backend serves named graphs (ONNX files of a bundle) and runs them on numpy arrays. The same
+ONNX files serve both implementations: in-process ONNX Runtime (`OrtBackend`) and, in a later
+issue, a Triton client. Stages depend on this interface only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+class GraphNotLoaded(KeyError):
+    """`run` named a graph the backend has not loaded."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]  # None or a symbol name for a dynamic axis
+
+
+class InferenceBackend(Protocol):
+    name: str
+
+    def load(self, graph: str, path: Path) -> None:
+        """Load the ONNX file at `path` under the name `graph` (idempotent)."""
+
+    def inputs(self, graph: str) -> list[TensorSpec]: ...
+
+    def outputs(self, graph: str) -> list[TensorSpec]: ...
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run `graph`; every declared input must be fed with a matching dtype and rank."""
