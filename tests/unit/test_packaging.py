@@ -18,7 +18,7 @@ def test_constraints_are_plain_pins() -> None:
 
 def test_every_declared_dependency_is_pinned() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     pinned = {ln.split("==")[0].lower().replace("_", "-") for ln in (REPO / "constraints.txt").read_text().split()}
     for dep in declared:
         name = re.split(r"[\[<>=~ ]", dep, maxsplit=1)[0].lower().replace("_", "-")
