@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from kinemesh.models.landmarks import BLAZEPOSE_LANDMARKS
+
 BUILDER_VERSION = 1
 FILE_NAME = "anny_core.npz"
 DEFAULT_OUT = Path("var/models/body")
@@ -79,14 +81,6 @@ CORE_JOINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("right_hand", tuple(f"finger{k}-1.R" for k in range(2, 6))),
 )
 
-BLAZEPOSE_LANDMARKS: tuple[str, ...] = (
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
-    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
-    "right_heel", "left_foot_index", "right_foot_index",
-)
 # BlazePose name -> Anny COCO regressor label, where one exists.
 FROM_COCO = {n: n for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
                             "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",

@@ -34,17 +34,8 @@ import torch
 from torch import nn
 
 from kinemesh.models.body.layer import BodyOutput
+from kinemesh.models.landmarks import BLAZEPOSE_LANDMARKS
 from kinemesh.models.rotations import rot6d_to_matrix
-
-# BlazePose order (services/common/schemas.py LANDMARK_NAMES; models must not import services).
-BLAZEPOSE_LANDMARKS: tuple[str, ...] = (
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
-    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
-    "right_heel", "left_foot_index", "right_foot_index",
-)
 
 SMPL_JOINT_NAMES: tuple[str, ...] = (
     "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",

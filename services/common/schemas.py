@@ -13,17 +13,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kinemesh.models.landmarks import BLAZEPOSE_LANDMARKS
+
 RESULT_SCHEMA_VERSION = 1
 
-# BlazePose landmark order (MediaPipe Pose, 33 landmarks).
-LANDMARK_NAMES: tuple[str, ...] = (
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder",
-    "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_pinky",
-    "right_pinky", "left_index", "right_index", "left_thumb", "right_thumb", "left_hip",
-    "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "left_heel",
-    "right_heel", "left_foot_index", "right_foot_index",
-)
+LANDMARK_NAMES = BLAZEPOSE_LANDMARKS  # MediaPipe Pose order, 33 landmarks
 
 
 class _Doc(BaseModel):
