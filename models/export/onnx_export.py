@@ -96,7 +96,7 @@ def export_graph(
     used = ""
     if exporter in ("auto", "dynamo"):
         try:
-            _export_dynamo(module, args, input_names, output_names, path, dynamic_batch, opset)
+            _torch_export(module, args, input_names, output_names, path, dynamic_batch, opset, dynamo=True)
             used = "dynamo"
         except Exception as exc:  # any exporter failure: fall back, keep the reason
             if exporter == "dynamo":
@@ -105,7 +105,7 @@ def export_graph(
                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             )
     if not used:
-        _export_torchscript(module, args, input_names, output_names, path, dynamic_batch, opset)
+        _torch_export(module, args, input_names, output_names, path, dynamic_batch, opset, dynamo=False)
         used = "torchscript"
 
     model = onnx.load(str(path))
@@ -162,7 +162,7 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _export_dynamo(
+def _torch_export(
     module: nn.Module,
     args: tuple[Tensor, ...],
     input_names: list[str],
@@ -170,48 +170,19 @@ def _export_dynamo(
     path: Path,
     dynamic_batch: bool,
     opset: int,
+    dynamo: bool,
 ) -> None:
-    dynamic_shapes = None
-    if dynamic_batch:
+    """One `torch.onnx.export` call; the two exporters differ only in how the batch axis is named."""
+    if dynamo:
         batch = torch.export.Dim(BATCH_AXIS)
-        dynamic_shapes = tuple({0: batch} for _ in args)
+        options = dict(dynamic_shapes=tuple({0: batch} for _ in args) if dynamic_batch else None,
+                       external_data=False, optimize=True)
+    else:
+        options = dict(dynamic_axes={n: {0: BATCH_AXIS} for n in input_names + output_names} if dynamic_batch
+                       else None, do_constant_folding=True)
     with _quiet():
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            opset_version=opset,
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-            optimize=True,
-        )
-
-
-def _export_torchscript(
-    module: nn.Module,
-    args: tuple[Tensor, ...],
-    input_names: list[str],
-    output_names: list[str],
-    path: Path,
-    dynamic_batch: bool,
-    opset: int,
-) -> None:
-    dynamic_axes = {n: {0: BATCH_AXIS} for n in input_names + output_names} if dynamic_batch else None
-    with _quiet():
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            opset_version=opset,
-            dynamo=False,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
+        torch.onnx.export(module, args, str(path), input_names=input_names, output_names=output_names,
+                          opset_version=opset, dynamo=dynamo, **options)
 
 
 def _check_interface(
