@@ -25,9 +25,14 @@ class KinemeshError(Exception):
         self.extra = extra
         super().__init__(self.detail)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The job-record / problem form: code, title, detail and extra members."""
-        return {"code": self.code, "title": self.title, "detail": self.detail, **self.extra}
+    def problem(self, instance: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 problem document: the one form for HTTP responses and job records."""
+        doc: dict[str, Any] = {"type": f"https://kinemesh.dev/problems/{self.code}", "title": self.title,
+                               "status": self.http_status, "detail": self.detail, "code": self.code,
+                               **self.extra}
+        if instance:
+            doc["instance"] = instance
+        return doc
 
 
 # --- client errors -------------------------------------------------------------------------
@@ -70,6 +75,10 @@ class JobNotFinished(KinemeshError):
 class UploadTooLarge(KinemeshError):
     code, title, http_status, grpc_status = (
         "upload_too_large", "Upload exceeds the size limit", 413, "INVALID_ARGUMENT")
+
+    @classmethod
+    def over(cls, limit_bytes: int) -> UploadTooLarge:
+        return cls(f"the upload exceeds {limit_bytes / 1024 / 1024:.0f} MB", limit_bytes=limit_bytes)
 
 
 class MediaError(KinemeshError):

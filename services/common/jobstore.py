@@ -232,8 +232,7 @@ def new_record_fields(job_id: str, tenant: str, options: JobOptions, clip: ClipI
 
 
 def problem_json(err: KinemeshError) -> str:
-    problem = Problem(title=err.title, status=err.http_status, detail=err.detail, code=err.code, **err.extra)
-    return problem.model_dump_json(exclude_none=True)
+    return Problem.model_validate(err.problem()).model_dump_json(exclude_none=True)
 
 
 def error_fields(err: KinemeshError) -> dict[str, str]:

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
+    def spool_dir(self) -> Path:
+        """Where uploads stream to before they are probed: beside the local storage root."""
+        return self.storage_dir.parent / "spool"
+
+    @property
     def visibility_timeout_s(self) -> int:
         return self.job_time_limit_s + self.visibility_margin_s
 

@@ -57,7 +57,7 @@ class _Sink:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise UploadTooLarge(f"the upload exceeds {self.limit / 1024 / 1024:.0f} MB", limit_bytes=self.limit)
+            raise UploadTooLarge.over(self.limit)
         self.hash.update(data)
         self.fh.write(data)
 
@@ -144,8 +144,7 @@ async def spool_multipart(chunks: AsyncIterator[bytes], content_type: str, dest:
                 if chunk:
                     received += len(chunk)
                     if received > envelope_limit:
-                        raise UploadTooLarge(f"the request exceeds {limit / 1024 / 1024:.0f} MB",
-                                             limit_bytes=limit)
+                        raise UploadTooLarge.over(limit)
                     parser.write(chunk)
             parser.finalize()
     except BaseException as exc:

@@ -31,10 +31,11 @@ def test_client_errors_are_not_retryable() -> None:
             assert not t.retryable, t.code
 
 
-def test_error_to_dict_carries_extra_members() -> None:
+def test_problem_carries_extra_members() -> None:
     err = KinemeshError("boom", limit_bytes=5)
-    assert err.to_dict() == {"code": "internal_error", "title": "Internal error", "detail": "boom",
-                             "limit_bytes": 5}
+    assert err.problem("/v1/jobs/x") == {
+        "type": "https://kinemesh.dev/problems/internal_error", "title": "Internal error", "status": 500,
+        "detail": "boom", "code": "internal_error", "limit_bytes": 5, "instance": "/v1/jobs/x"}
 
 
 def test_committed_schema_matches_models() -> None:

@@ -71,10 +71,7 @@ def _clean_spool(spool: Path) -> None:
 
 
 def problem_response(err: KinemeshError, instance: str | None = None) -> JSONResponse:
-    body = {"type": f"https://kinemesh.dev/problems/{err.code}", "title": err.title, "status": err.http_status,
-            "detail": err.detail, "code": err.code, **err.extra}
-    if instance:
-        body["instance"] = instance
+    body = err.problem(instance)
     headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
     return JSONResponse(body, status_code=err.http_status, media_type=PROBLEM_JSON, headers=headers)
 
@@ -94,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=create_storage(settings),
             celery=make_celery(settings),
         )
-        _clean_spool(settings.storage_dir.parent / "spool")
+        _clean_spool(settings.spool_dir)
         yield
         await client.aclose()
 

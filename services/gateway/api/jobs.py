@@ -25,7 +25,6 @@ from kinemesh.services.common.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
     JobNotFinished,
-    KinemeshError,
     NotFound,
     QueueUnavailable,
     TooManyFrames,
@@ -107,10 +106,9 @@ async def create_job(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
         # A multipart envelope adds a little; anything this far over can be refused unread.
-        raise _too_large(limit)
+        raise UploadTooLarge.over(limit)
     query_opts = _query_options(request)
-    spool_dir = settings.storage_dir.parent / "spool"
-    spool_path = spool_dir / f"{uuid.uuid4().hex}.upload"
+    spool_path = settings.spool_dir / f"{uuid.uuid4().hex}.upload"
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         upload = await spool_multipart(request.stream(), ctype, spool_path, limit)
@@ -123,10 +121,6 @@ async def create_job(
         return await _accept(svc, caller, upload, options, idempotency_key)
     finally:
         upload.path.unlink(missing_ok=True)
-
-
-def _too_large(limit: int) -> KinemeshError:
-    return UploadTooLarge(f"the upload exceeds {limit / 1024 / 1024:.0f} MB", limit_bytes=limit)
 
 
 async def _accept(svc, caller: Principal, upload: SpooledUpload, options: JobOptions,
