@@ -24,11 +24,6 @@ VAR = Path(os.environ.get("KINEMESH_TEST_VAR", REPO / "var"))
 
 @pytest.fixture(scope="module")
 def anny_and_file():
-    try:
-        import anny  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        print(f"\n[kinemesh tests] skipping Anny comparison: anny is not importable ({exc})")
-        pytest.skip(f"anny is not importable: {exc}")
     from kinemesh.models.body import anny_convert
 
     cache = Path(os.environ.get("ANNY_CACHE_DIR", VAR / "cache" / "anny"))

@@ -7,11 +7,10 @@ import pickle
 
 import numpy as np
 import pytest
+import smplx
 import torch
 
-smplx = pytest.importorskip("smplx")
-
-from kinemesh.models.body.smpl import BLAZEPOSE_LANDMARKS, create_smpl_layer  # noqa: E402
+from kinemesh.models.body.smpl import BLAZEPOSE_LANDMARKS, create_smpl_layer
 from kinemesh.models.rotations import axis_angle_to_matrix, matrix_to_rot6d  # noqa: E402
 
 SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]

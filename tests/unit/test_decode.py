@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -180,12 +179,7 @@ def test_duration_limit_enforced_while_decoding(clips):
         list(stage._batches(clips["30fps"], info, video.meta.target_fps, tight))
 
 
-CLIPS_MODULE = "kinemesh.models.assets.pose2sim_clips"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec(CLIPS_MODULE) is None,
-                    reason=f"{CLIPS_MODULE} (the real Pose2Sim demo clips helper) is not there yet")
 def test_real_pose2sim_cam01_decodes_every_reported_frame():
     from kinemesh.models.assets.pose2sim_clips import DEFAULT_CACHE, ensure_demo_clips
 

@@ -132,7 +132,7 @@ message ModelConfig {
 
 
 def _model_config_message(tmp_path: Path) -> type:
-    grpc_tools = pytest.importorskip("grpc_tools")
+    import grpc_tools
     from grpc_tools import protoc
 
     (tmp_path / "kinemesh_test_model_config.proto").write_text(_MODEL_CONFIG_SUBSET)
