@@ -131,20 +131,45 @@ class BodyLayer(nn.Module):
         self.register_buffer("level_inverse", torch.tensor(
             [position[i] for i in range(N)], dtype=torch.long), persistent=False)
 
-    def shaped(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rest vertices (B, V, 3) and rest node heads (B, N, 3) for shape (B, S)."""
-        B = shape.shape[0]
-        offsets = (shape @ self.shapedirs.T).reshape(B, -1, 3)  # (B, V, 3)
-        v_shaped = self.v_template + offsets  # (B, V, 3)
-        heads = torch.einsum("nv,bvc->bnc", self.node_regressor, v_shaped)  # (B, N, 3)
-        return v_shaped, heads
+    def _skeleton_bases(self) -> tuple[torch.Tensor, ...]:
+        """Landmark blend folded through the skin weights (built once, then cached):
+        LW (L, N) = R W, LX (L, N, 3) and LXS (L, N, 3, S) = sum_v R_lv W_vn (template / shape
+        directions of v), HS (N, 3, S) = the node heads' shape directions. Exact for LBS, so the
+        skeleton path equals the full forward's landmarks without touching V vertices per pose."""
+        cache = getattr(self, "_bases", None)
+        if cache is None or cache[0].device != self.v_template.device:
+            V = self.v_template.shape[0]
+            rw = self.landmark_regressor[:, :, None] * self.skin_weights[None]  # (L, V, N)
+            lw = rw.sum(1)  # (L, N)
+            lx = torch.einsum("lvn,vc->lnc", rw, self.v_template)  # (L, N, 3)
+            dirs = self.shapedirs.reshape(V, 3, -1)  # (V, 3, S)
+            lxs = torch.einsum("lvn,vcs->lncs", rw, dirs)  # (L, N, 3, S)
+            h0 = self.node_regressor @ self.v_template  # (N, 3)
+            hs = torch.einsum("nv,vcs->ncs", self.node_regressor, dirs)  # (N, 3, S)
+            cache = (lw, lx, lxs, h0, hs)
+            self._bases = cache
+        return cache
 
-    def forward(self, pose: torch.Tensor, shape: torch.Tensor, transl: torch.Tensor) -> BodyOutput:
-        B = pose.shape[0]
+    def skeleton(self, pose: torch.Tensor, shape: torch.Tensor, transl: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Joints (B, J, 3) and landmarks (B, L, 3) only, equal to `forward`'s, at O(L N) per pose.
+
+        For training-data generation and refinement, where the V-vertex mesh is not needed.
+        """
+        lw, lx, lxs, h0, hs = self._skeleton_bases()
+        heads = h0 + torch.einsum("ncs,bs->bnc", hs, shape)  # (B, N, 3)
+        g_all, w_all = self.node_transforms(pose, heads)  # (B, N, 3, 3), (B, N, 3)
+        x = lx + torch.einsum("lncs,bs->blnc", lxs, shape)  # (B, L, N, 3) folded rest points
+        t_all = w_all - (g_all @ heads[..., None])[..., 0]  # (B, N, 3)
+        rotated = torch.einsum("bnij,blnj->bli", g_all, x)  # (B, L, 3)
+        landmarks = rotated + torch.einsum("ln,bnc->blc", lw, t_all) + transl[:, None, :]
+        joints = torch.einsum("jn,bnc->bjc", self.joint_from_nodes, w_all) + transl[:, None, :]
+        return joints, landmarks
+
+    def node_transforms(self, pose: torch.Tensor, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global node rotations G (B, N, 3, 3) and posed heads w (B, N, 3) (no translation) for
+        pose (B, J, 3, 3) or (B, J, 6) and rest heads (B, N, 3): x -> G_n (x - h_n) + w_n per node."""
         rot = rot6d_to_matrix(pose) if pose.shape[-1] == 6 else pose  # (B, J, 3, 3)
-        v_shaped, heads = self.shaped(shape)  # (B, V, 3), (B, N, 3)
         node_rot = rot[:, self.node_joint]  # (B, N, 3, 3)
-
         # Global rotations G_n = G_parent R_n and posed heads w_n = w_parent + G_parent (h_n - h_parent),
         # computed level by level on the nodes in `level_order`.
         rot_o = node_rot[:, self.level_order]  # (B, N, 3, 3)
@@ -157,8 +182,20 @@ class BodyLayer(nn.Module):
             w_lvl = w_all[:, par] + (g_par @ offs_o[:, first:last, :, None])[..., 0]  # (B, n, 3)
             g_all = torch.cat([g_all, g_par @ rot_o[:, first:last]], 1)
             w_all = torch.cat([w_all, w_lvl], 1)
-        g_all = g_all[:, self.level_inverse]  # (B, N, 3, 3) back in node order
-        w_all = w_all[:, self.level_inverse]  # (B, N, 3)
+        return g_all[:, self.level_inverse], w_all[:, self.level_inverse]  # back in node order
+
+    def shaped(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rest vertices (B, V, 3) and rest node heads (B, N, 3) for shape (B, S)."""
+        B = shape.shape[0]
+        offsets = (shape @ self.shapedirs.T).reshape(B, -1, 3)  # (B, V, 3)
+        v_shaped = self.v_template + offsets  # (B, V, 3)
+        heads = torch.einsum("nv,bvc->bnc", self.node_regressor, v_shaped)  # (B, N, 3)
+        return v_shaped, heads
+
+    def forward(self, pose: torch.Tensor, shape: torch.Tensor, transl: torch.Tensor) -> BodyOutput:
+        B = pose.shape[0]
+        v_shaped, heads = self.shaped(shape)  # (B, V, 3), (B, N, 3)
+        g_all, w_all = self.node_transforms(pose, heads)  # (B, N, 3, 3), (B, N, 3)
 
         # Node transforms x -> G x + t with t = w - G h; blend them per vertex (LBS).
         t_all = w_all - (g_all @ heads[..., None])[..., 0]  # (B, N, 3)
