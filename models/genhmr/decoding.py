@@ -8,7 +8,7 @@ Shape legend:
     T  image tokens, C their width
     S  shape coefficients
 
-`masked_decode` drives any `step_fn(token_ids, keypoints, image_tokens) -> (logits, shape, camera)`:
+`masked_decode` drives any `step_fn(token_ids, keypoints, image_tokens) -> (logits, shape, camera, orient)`:
 the eager model (`TorchStepFn`) or one exported step graph in an inference backend
 (`BackendStepFn`, e.g. `OrtBackend`), so PyTorch and ONNX Runtime decode with the same loop.
 
@@ -69,6 +69,7 @@ class DecodeResult(NamedTuple):
     confidences: Tensor  # (B, N) probability of each token at the iteration that fixed it
     shape: Tensor  # (B, S) from the last step call
     camera: Tensor  # (B, 3) from the last step call
+    orient: Tensor  # (B, 6) root orientation (6D) from the last step call
     history: list[DecodeStep]  # one entry per iteration
 
 
@@ -79,11 +80,10 @@ def _as_tensor(x: ArrayLike) -> Tensor:
     return torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
 
 
-def _unpack(out: Any) -> tuple[Tensor, Tensor, Tensor]:
+def _unpack(out: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if isinstance(out, dict):
-        out = (out["logits"], out["shape"], out["camera"])
-    logits, shape, camera = out
-    return _as_tensor(logits).float(), _as_tensor(shape).float(), _as_tensor(camera).float()
+        out = (out["logits"], out["shape"], out["camera"], out["orient"])
+    return tuple(_as_tensor(t).float() for t in out)  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -102,7 +102,7 @@ def masked_decode(
     """Decode pose tokens for keypoints (B, L, 3) [and image_tokens (B, T, C)].
 
     step_fn: (token_ids (B, N) int64, keypoints, image_tokens or None) -> (logits (B, N, K), shape,
-        camera) as a tuple, NamedTuple or dict, of torch tensors or numpy arrays.
+        camera, orient) as a tuple, NamedTuple or dict, of torch tensors or numpy arrays.
     num_tokens / mask_id: N and K; read from `step_fn.num_tokens` / `step_fn.mask_id` when omitted
         (both adapters below carry them).
     temperature: 0 = argmax (deterministic); > 0 samples with `generator`.
@@ -117,9 +117,9 @@ def masked_decode(
     ids = torch.full((B, N), K, dtype=torch.int64)  # (B, N) all [MASK]
     conf = torch.zeros(B, N)  # (B, N)
     history: list[DecodeStep] = []
-    shape = camera = None
+    shape = camera = orient = None
     for left in masked_counts(N, iterations):
-        logits, shape, camera = _unpack(step_fn(ids, keypoints, image))  # (B, N, K), (B, S), (B, 3)
+        logits, shape, camera, orient = _unpack(step_fn(ids, keypoints, image))  # (B,N,K) (B,S) (B,3) (B,6)
         logits = logits[..., :K]  # (B, N, K)
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)  # (B, N, K)
@@ -140,9 +140,9 @@ def masked_decode(
         conf = torch.where(newly, picked_conf, conf)
         history.append(DecodeStep(ids.clone(), conf.clone(), left))
     if final_pass:
-        _, shape, camera = _unpack(step_fn(ids, keypoints, image))
-    assert shape is not None and camera is not None
-    return DecodeResult(ids, conf, shape, camera, history)
+        _, shape, camera, orient = _unpack(step_fn(ids, keypoints, image))
+    assert shape is not None and camera is not None and orient is not None
+    return DecodeResult(ids, conf, shape, camera, orient, history)
 
 
 class TorchStepFn:

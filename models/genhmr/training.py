@@ -21,15 +21,18 @@ from torch import Tensor
 
 from kinemesh.models.genhmr.decoding import cosine_mask_ratio
 from kinemesh.models.genhmr.transformer import MaskedPoseTransformer
+from kinemesh.models.rotations import rot6d_to_matrix
 
 
 class MaskedLoss(NamedTuple):
-    total: Tensor  # () token_ce + shape_weight * shape + camera_weight * camera
+    total: Tensor  # () token_ce + shape_weight * shape + camera_weight * camera + orient_weight * orient
     token_ce: Tensor  # () mean cross-entropy over masked positions
     shape: Tensor  # () mean squared error of shape (0 without a target)
     camera: Tensor  # () mean squared error of camera (0 without a target)
+    orient: Tensor  # () mean squared error of the root orientation's rotation matrix (0 without a target)
     accuracy: Tensor  # () argmax accuracy on masked positions (no gradient)
     mask: Tensor  # (B, N) bool: the positions that were masked
+    logits: Tensor  # (B, N, K) the step's logits at every position (for auxiliary objectives)
 
 
 def random_token_mask(
@@ -61,14 +64,17 @@ def masked_token_loss(
     *,
     shape_target: Tensor | None = None,
     camera_target: Tensor | None = None,
+    orient_target: Tensor | None = None,
     shape_weight: float = 1.0,
     camera_weight: float = 1.0,
+    orient_weight: float = 1.0,
     keypoint_drop_prob: float = 0.0,
     label_smoothing: float = 0.0,
 ) -> MaskedLoss:
     """token_ids (B, N) ground-truth codes in [0, K); keypoints (B, L, 3); image_tokens (B, T, C) or None.
 
-    shape_target (B, S) and camera_target (B, 3) are optional regression targets.
+    shape_target (B, S), camera_target (B, 3) and orient_target (B, 6) are optional regression targets;
+    the orientation compares rotation matrices (the 6D output is orthonormalised first).
     generator drives the mask (and keypoint dropout) so a run is reproducible.
     """
     B, N = token_ids.shape
@@ -82,7 +88,9 @@ def masked_token_loss(
     zero = token_ce.new_zeros(())
     shape_loss = F.mse_loss(out.shape, shape_target) if shape_target is not None else zero
     camera_loss = F.mse_loss(out.camera, camera_target) if camera_target is not None else zero
-    total = token_ce + shape_weight * shape_loss + camera_weight * camera_loss
+    orient_loss = (F.mse_loss(rot6d_to_matrix(out.orient), rot6d_to_matrix(orient_target))
+                   if orient_target is not None else zero)
+    total = token_ce + shape_weight * shape_loss + camera_weight * camera_loss + orient_weight * orient_loss
     with torch.no_grad():
         accuracy = (logits.argmax(dim=-1) == targets).float().mean()
-    return MaskedLoss(total, token_ce, shape_loss, camera_loss, accuracy, mask)
+    return MaskedLoss(total, token_ce, shape_loss, camera_loss, orient_loss, accuracy, mask, out.logits)

@@ -23,7 +23,8 @@ Conditioning choices:
     all-zero keypoints (every confidence 0), so "no keypoints" needs no second graph.
   * Image tokens (T up to a few hundred, width C = 1280) enter by cross-attention in every block,
     projected once to D, so the self-attention sequence stays short whatever the backbone.
-  * A learned [GLOBAL] token leads the sequence; the shape and camera heads read its output.
+  * A learned [GLOBAL] token leads the sequence; the shape, camera and root-orientation heads
+    read its output (the body pose below the root is the tokens').
 
 `step` is one decoding step; the loop and schedule live in Python (`decoding.py`), so one step is
 one exported graph (`MaskedPoseStepGraph`).
@@ -59,12 +60,14 @@ class MaskedPoseTransformerConfig:
     image_tokens: int = 192  # T: image tokens expected (16 x 12 for ViT-H/16 at 256 x 192); unused if C = 0
     shape_dim: int = 32  # S: shape coefficients (32 = the project's Anny shape file; 10 for SMPL)
     camera_dim: int = 3  # weak-perspective camera (s, tx, ty)
+    orient_dim: int = 6  # global (root) orientation in the camera frame, 6D; body pose is the tokens'
 
 
 class StepOutput(NamedTuple):
     logits: Tensor  # (B, N, K) unnormalised token scores (the [MASK] id is never predicted)
     shape: Tensor  # (B, S) shape coefficients
     camera: Tensor  # (B, 3) weak-perspective (s, tx, ty)
+    orient: Tensor  # (B, 6) root orientation in the camera frame, 6D (first two matrix columns)
 
 
 # -- the BlazePose skeleton -----------------------------------------------------------------------
@@ -261,6 +264,7 @@ class MaskedPoseTransformer(nn.Module):
         self.token_head = nn.Linear(D, cfg.codebook_size)
         self.shape_head = nn.Linear(D, cfg.shape_dim)
         self.camera_head = nn.Linear(D, cfg.camera_dim)
+        self.orient_head = nn.Linear(D, cfg.orient_dim)
         self.apply(self._init)
         with torch.no_grad():  # start at the mean shape and a centred, roughly box-filling camera
             self.shape_head.weight.mul_(0.01)
@@ -268,6 +272,8 @@ class MaskedPoseTransformer(nn.Module):
             self.camera_head.weight.mul_(0.01)
             self.camera_head.bias.zero_()
             self.camera_head.bias[0] = 0.9
+            self.orient_head.weight.mul_(0.01)  # start facing the camera: the identity rotation
+            self.orient_head.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -298,20 +304,21 @@ class MaskedPoseTransformer(nn.Module):
         x = self.norm(x)
         g = x[:, 0]  # (B, D)
         logits = self.token_head(x[:, 1 + cfg.num_keypoints :])  # (B, N, K)
-        return StepOutput(logits, self.shape_head(g), self.camera_head(g))
+        return StepOutput(logits, self.shape_head(g), self.camera_head(g), self.orient_head(g))
 
     forward = step
 
 
 class MaskedPoseStepGraph(nn.Module):
-    """One decoding step as an export graph: (token_ids, keypoints[, image_tokens]) -> (logits, shape, camera).
+    """One decoding step as an export graph: (token_ids, keypoints[, image_tokens]) -> (logits, shape, camera, orient).
 
     Inputs: token_ids (B, N) int64, keypoints (B, L, 3) float32, and image_tokens (B, T, C) float32
-    only when the model has an image condition. Outputs: logits (B, N, K), shape (B, S), camera (B, 3).
+    only when the model has an image condition. Outputs: logits (B, N, K), shape (B, S), camera (B, 3),
+    orient (B, 6).
     """
 
     input_names_keypoints = ("token_ids", "keypoints")
-    output_names = ("logits", "shape", "camera")
+    output_names = ("logits", "shape", "camera", "orient")
 
     def __init__(self, model: MaskedPoseTransformer) -> None:
         super().__init__()

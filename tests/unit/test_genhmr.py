@@ -86,7 +86,7 @@ def test_step_shapes_and_finite(condition: str) -> None:
     with torch.no_grad():
         out = m.step(ids, kp, image)
     assert out.logits.shape == (B, N, K)
-    assert out.shape.shape == (B, 10) and out.camera.shape == (B, 3)
+    assert out.shape.shape == (B, 10) and out.camera.shape == (B, 3) and out.orient.shape == (B, 6)
     assert all(torch.isfinite(t).all() for t in out)
 
 
@@ -145,7 +145,7 @@ def test_decoding_invariants(image: bool) -> None:
     assert res.token_ids.shape == (4, N) and res.token_ids.dtype == torch.int64
     assert not bool((res.token_ids == K).any()) and int(res.token_ids.min()) >= 0
     assert torch.equal(res.history[-1].token_ids, res.token_ids)
-    assert res.shape.shape == (4, 32) and res.camera.shape == (4, 3)
+    assert res.shape.shape == (4, 32) and res.camera.shape == (4, 3) and res.orient.shape == (4, 6)
     assert bool(((res.confidences > 0) & (res.confidences <= 1)).all())
     for i, h in enumerate(res.history):
         assert int((h.token_ids == K).sum(dim=1).max()) == h.num_masked
@@ -173,7 +173,7 @@ def test_remasking_keeps_the_most_confident() -> None:
     def step_fn(ids, kp, image):
         logits = torch.zeros(ids.shape[0], N, K)
         logits[:, :, 2] = conf_logit
-        return logits, torch.zeros(ids.shape[0], 3), torch.zeros(ids.shape[0], 3)
+        return logits, torch.zeros(ids.shape[0], 3), torch.zeros(ids.shape[0], 3), torch.zeros(ids.shape[0], 6)
 
     res = masked_decode(step_fn, torch.zeros(1, 33, 3), iterations=3, num_tokens=N, mask_id=K)
     first = res.history[0]
@@ -192,11 +192,13 @@ def test_masked_loss_finite_and_decreases() -> None:
     kp = _keypoints(B)
     img = torch.randn(B, cfg["image_tokens"], cfg["image_dim"], generator=g)
     shape_t, cam_t = torch.randn(B, 32, generator=g), torch.randn(B, 3, generator=g)
+    orient_t = torch.randn(B, 6, generator=g)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
 
     def loss_at(seed: int):
         return masked_token_loss(
-            m, ids, kp, img, torch.Generator().manual_seed(seed), shape_target=shape_t, camera_target=cam_t
+            m, ids, kp, img, torch.Generator().manual_seed(seed), shape_target=shape_t, camera_target=cam_t,
+            orient_target=orient_t,
         )
 
     m.eval()
@@ -205,7 +207,7 @@ def test_masked_loss_finite_and_decreases() -> None:
     m.train()
     first = loss_at(100)
     assert torch.isfinite(first.total) and first.mask.any(dim=1).all()
-    assert float(first.shape.detach()) > 0 and float(first.camera.detach()) > 0
+    assert float(first.shape.detach()) > 0 and float(first.camera.detach()) > 0 and float(first.orient.detach()) > 0
     for i in range(30):
         opt.zero_grad()
         out = loss_at(100 + i)
@@ -224,6 +226,6 @@ def test_loss_without_targets_or_image() -> None:
     out = masked_token_loss(
         m, ids, _keypoints(3), None, torch.Generator().manual_seed(0), keypoint_drop_prob=0.5
     )
-    assert torch.isfinite(out.total) and float(out.shape) == 0 and float(out.camera) == 0
+    assert torch.isfinite(out.total) and float(out.shape) == 0 and float(out.camera) == 0 and float(out.orient) == 0
     out.total.backward()
     assert m.token_embed.weight.grad is not None

@@ -69,3 +69,4 @@ def test_step_graph_export_and_decode_parity(overrides: dict, exporter: str, tmp
     assert torch.allclose(onnx.confidences, eager.confidences, atol=1e-4)
     assert torch.allclose(onnx.shape, eager.shape, atol=1e-4)
     assert torch.allclose(onnx.camera, eager.camera, atol=1e-4)
+    assert torch.allclose(onnx.orient, eager.orient, atol=1e-4)
