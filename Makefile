@@ -7,9 +7,9 @@ PIP := $(VENV)/bin/pip
 VAR ?= var
 STAMP := $(VENV)/.kinemesh-installed
 
-.PHONY: setup demo test bench lint models body clips clean schema
+.PHONY: setup demo test bench bench-body lint models body clips bundle train-default clean schema
 
-setup: $(STAMP) models body clips
+setup: $(STAMP) models body clips bundle
 
 # The `models` extra pins torch==2.13.0, which on these machines is a local CPU wheel.
 $(STAMP): pyproject.toml constraints.txt
@@ -29,6 +29,28 @@ body: $(STAMP)
 clips: $(STAMP)
 	$(PY) -m kinemesh.models.assets.pose2sim_clips --cache-dir $(VAR)/cache/pose2sim
 
+# The default bundle: ONNX graphs exported from the committed weights (models/weights/default),
+# parity-checked, with Triton configs and a manifest of sha256 sums.
+BUNDLE := $(VAR)/models/bundle/default
+bundle: $(BUNDLE)/manifest.json
+$(BUNDLE)/manifest.json: $(STAMP) models/weights/default/record.json models/weights/default/pose_tokenizer.pt \
+		models/weights/default/genhmr_keypoints.pt | body
+	$(PY) -m kinemesh.models.export.bundle build --weights models/weights/default \
+		--body $(VAR)/models/body/anny_core.npz --out $(BUNDLE)
+
+# Retrain the default weights from scratch (about 50 minutes, one thread: the committed weights were
+# trained so, and float sums differ across thread counts); seeds are fixed.
+# Real poses come from the demo clips' keypoints, which the service itself extracts first.
+TRAIN_CLIPS := single_cam01 single_cam02 single_cam03 single_cam04 multi_cam01 multi_cam02 multi_cam03 multi_cam04
+train-default: setup
+	for c in $(TRAIN_CLIPS); do \
+		$(PY) -m kinemesh run $(VAR)/cache/pose2sim/clips/$$c.mp4 --out $(VAR)/cache/train/kp_$$c --fps 30 \
+			--max-people 2 --outputs keypoints_2d,keypoints_3d > /dev/null || exit 1; done
+	OMP_NUM_THREADS=1 $(PY) -m kinemesh.models.training.train_default --body $(VAR)/models/body/anny_core.npz \
+		--fit-keypoints '$(VAR)/cache/train/kp_*/keypoints.npz' --out models/weights/default --seed 0 \
+		--sequences 3000 --frames 32 --tokenizer-steps 3000 --transformer-steps 4000 --batch 128
+	$(MAKE) bundle
+
 demo: setup
 	$(PY) -m kinemesh.services.demo --var $(VAR)
 
@@ -37,6 +59,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+bench-body: setup
+	$(PY) bench/bench_body.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services models tests bench kinemesh

@@ -37,7 +37,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not Path(args.clip).is_file():
         console.print(f"[red]error[/red] no such file: {args.clip}")
         return 2
-    options = JobOptions(target_fps=args.fps, max_people=args.max_people)
+    extra = {"outputs": [o.strip() for o in args.outputs.split(",") if o.strip()]} if args.outputs else {}
+    try:
+        options = JobOptions(target_fps=args.fps, max_people=args.max_people, **extra)
+    except ValueError as err:
+        console.print(f"[red]bad options[/red]: {err}")
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,6 +72,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     s = output.result.summary
     console.print(f"wrote {out / 'result.json'}: {s.frames} frames, {s.frames_with_person} with a person, "
                   f"{s.tracks} track(s), {s.seconds:.1f} s")
+    if s.body is not None:
+        console.print(f"body: {s.body.frames_meshed} frames meshed, reprojection error "
+                      f"{s.body.reprojection_error_px_before:.1f} px -> {s.body.reprojection_error_px_after:.1f} px "
+                      "after refinement")
     return 0
 
 
@@ -213,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="folder for result.json and artifacts")
     r.add_argument("--fps", type=float, default=None, help="target frame rate")
     r.add_argument("--max-people", type=int, default=1)
+    r.add_argument("--outputs", default=None,
+                   help="comma-separated outputs (keypoints_2d, keypoints_3d, body); default: all")
     r.set_defaults(fn=_cmd_run)
 
     sub.add_parser("schema", help="print the result JSON Schema").set_defaults(fn=_cmd_schema)

@@ -105,5 +105,9 @@ class Client:
     def result_bytes(self, job_id: str) -> bytes:
         return self._check(self.http.get(f"/v1/jobs/{job_id}/result")).content
 
+    def artifact(self, job_id: str, name: str) -> bytes:
+        """One binary artifact of a finished job (names in the job document's `artifacts`)."""
+        return self._check(self.http.get(f"/v1/jobs/{job_id}/artifacts/{name}")).content
+
     def result(self, job_id: str) -> dict[str, Any]:
         return json.loads(self.result_bytes(job_id))

@@ -51,6 +51,21 @@ def main(argv: list[str] | None = None) -> int:
                       "while the demo ran)")
         console.print(f"frames: {s['frames']}, frames with a person: {s['frames_with_person']}, "
                       f"tracks: {s['tracks']}, seconds taken: {took:.2f} (pipeline {s['seconds']:.2f})")
+        body, model = s.get("body"), result.get("body_model")
+        if body and model:
+            meshes = [t["body"]["mesh_artifact"] for t in result["tracks"] if t.get("body")]
+            for name in meshes:
+                (stack.root / name).write_bytes(client.artifact(job["id"], name))
+            stage_s = {t["stage"]: t["seconds"] for t in result["timings"]}
+            console.print(
+                f"body: {body['frames_meshed']} frames meshed with {model['pose_model']} on {model['name']} "
+                f"({model['bundle']}, {model['refinement_steps']} refinement steps, {stage_s.get('body', 0):.2f} s); "
+                f"reprojection error {body['reprojection_error_px_before']:.1f} px -> "
+                f"{body['reprojection_error_px_after']:.1f} px "
+                f"({100 * body['reprojection_error_bbox_frac_before']:.2f}% -> "
+                f"{100 * body['reprojection_error_bbox_frac_after']:.2f}% of the person's height)")
+            if meshes:
+                console.print(f"animated mesh: {stack.root / meshes[0]}")
         return 0
     finally:
         stack.stop()

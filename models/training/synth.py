@@ -11,8 +11,8 @@ would: Gaussian jitter scaled to the person's size, rare outliers, whole-limb oc
 stretch of frames, single-landmark dropouts, and lower confidence for landmarks on the far side
 of the body. The box normalisation and the weak-perspective camera target come from
 `kinemesh.models.camera`, the same code the worker runs. "World" landmarks imitate MediaPipe's:
-hip-centred metres in the camera's orientation with a few centimetres of error and a compressed
-depth.
+hip-centred metres in the camera's orientation, with a compressed depth and errors of the size
+measured between MediaPipe's estimates from different views of one motion (~8 cm).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from kinemesh.models.camera import fit_weak_perspective, normalize_keypoints
 from kinemesh.models.rotations import matrix_to_rot6d
 from kinemesh.models.training.motion import (
     BODY_JOINTS,
-    ArmRest,
     DOFS,
     MOTIONS,
+    ArmRest,
     dofs_to_rotations,
     heading_matrices,
     headings,
@@ -171,8 +171,13 @@ def generate(
     camera = fit_weak_perspective(lm_t, clean_uv)  # (P, 3)
 
     hip = lm_t[:, list(HIP_LANDMARKS)].mean(1, keepdim=True)  # (P, 1, 3)
-    world = lm_t - hip
-    world = world * torch.tensor([1.0, 1.0, 0.8]) + torch.randn(P, 33, 3, generator=g) * 0.025 * max(noise, 0.0)
+    # MediaPipe's world landmarks are a per-view estimate, not a measurement: the four Pose2Sim views
+    # of one motion disagree with each other by ~116 mm PA-MPJPE on the limb landmarks. Imitate that:
+    # compressed and per-sequence scaled depth, a per-sequence offset per landmark, per-frame jitter.
+    depth = torch.from_numpy(rng.uniform(0.6, 1.0, sequences).astype(np.float32))[seq_of]  # (P,)
+    scale = torch.stack([torch.ones_like(depth), torch.ones_like(depth), depth], -1)[:, None]  # (P, 1, 3)
+    offset = torch.randn(sequences, 33, 3, generator=g)[seq_of] * 0.04  # (P, L, 3) systematic, metres
+    world = (lm_t - hip) * scale + (offset + torch.randn(P, 33, 3, generator=g) * 0.025) * max(noise, 0.0)
 
     body6d = matrix_to_rot6d(rotations[:, list(BODY_JOINTS)])  # (P, 21, 6)
     return SyntheticFrames(

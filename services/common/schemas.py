@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kinemesh.models.landmarks import BLAZEPOSE_LANDMARKS
 
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
 
 LANDMARK_NAMES = BLAZEPOSE_LANDMARKS  # MediaPipe Pose order, 33 landmarks
 
@@ -39,7 +39,7 @@ class JobState(StrEnum):
         return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
-OutputName = Literal["keypoints_2d", "keypoints_3d"]
+OutputName = Literal["keypoints_2d", "keypoints_3d", "body"]
 
 
 class JobOptions(_Doc):
@@ -51,9 +51,10 @@ class JobOptions(_Doc):
     )
     max_people: int = Field(1, ge=1, le=8, description="Most people tracked per frame.")
     outputs: list[OutputName] = Field(
-        default_factory=lambda: ["keypoints_2d", "keypoints_3d"],
+        default_factory=lambda: ["keypoints_2d", "keypoints_3d", "body"],
         min_length=1,
-        description="Which outputs the result carries.",
+        description="Which outputs the result carries; `body` runs the body stage (parameters, 3D joints, "
+        "mesh artifacts).",
     )
 
 
@@ -151,6 +152,39 @@ class FrameInfo(_Doc):
     quality: FrameQuality
 
 
+Vec3 = tuple[float, float, float]
+
+
+class BodyFrame(_Doc):
+    """The body model fitted to one person in one frame, after refinement.
+
+    Camera frame: x right, y up, z towards the viewer (the camera looks down -z), metres; a pinhole
+    camera with the focal length in `body_model.focal_length_px`.
+    """
+
+    global_orient: Vec3 = Field(..., description="Root orientation in the camera frame, axis-angle, radians.")
+    body_pose: list[Vec3] = Field(..., min_length=21, max_length=21,
+                                  description="Axis-angle (radians) of the 21 body joints below the root, "
+                                  "parent-relative, in the order of body_model.joint_names[1:22].")
+    camera: Vec3 = Field(..., description="Weak-perspective camera (s, tx, ty) in person-box units.")
+    translation: Vec3 = Field(..., description="Root translation in the camera frame, metres.")
+    joints_3d: list[Vec3] = Field(..., min_length=24, max_length=24,
+                                  description="The 24 body-model joints in the camera frame, metres.")
+    reprojection_error_px: float = Field(..., ge=0, description="Mean 2D error of the confident landmarks "
+                                         "after refinement, pixels.")
+    reprojection_error_before_px: float = Field(..., ge=0, description="The same before refinement, pixels.")
+
+
+class TrackBody(_Doc):
+    """What the body stage found for one track as a whole."""
+
+    shape: list[float] = Field(..., description="Body shape coefficients, one set for the track.")
+    frames_meshed: int = Field(..., ge=0, description="Frames of this track with a fitted body.")
+    reprojection_error_px_before: float = Field(..., ge=0, description="Mean over frames, before refinement.")
+    reprojection_error_px_after: float = Field(..., ge=0, description="Mean over frames, after refinement.")
+    mesh_artifact: str | None = Field(None, description="Name of this track's animated mesh artifact (GLB).")
+
+
 class TrackFrame(_Doc):
     """One person in one frame."""
 
@@ -163,6 +197,7 @@ class TrackFrame(_Doc):
     keypoints_3d: list[Keypoint3D] | None = Field(
         None, min_length=33, max_length=33, description="33 BlazePose world landmarks, metres."
     )
+    body: BodyFrame | None = Field(None, description="The fitted body in this frame (when `body` was asked for).")
 
 
 class Track(_Doc):
@@ -170,6 +205,7 @@ class Track(_Doc):
     first_frame: int = Field(..., ge=0)
     last_frame: int = Field(..., ge=0)
     frames: list[TrackFrame] = Field(..., description="Frames where this person was seen, in order.")
+    body: TrackBody | None = Field(None, description="Track-level body results (when `body` was asked for).")
 
 
 class KeypointModelInfo(_Doc):
@@ -178,11 +214,41 @@ class KeypointModelInfo(_Doc):
     source: str = Field(..., description="Where the model files came from, with licence.")
 
 
+class BodyModelInfo(_Doc):
+    name: str = Field(..., description="Body model id, e.g. anny-core24-s32.")
+    pose_model: str = Field(..., description="Architecture that predicted the bodies.")
+    bundle: str = Field(..., description="Model bundle, name@version.")
+    trained: bool = Field(..., description="Whether every graph used carries trained weights.")
+    joint_names: list[str] = Field(..., description="Order of joints_3d; body_pose is joints 1..21.")
+    shape_components: int = Field(..., ge=0, description="Length of each track's shape.")
+    focal_length_px: float = Field(..., gt=0, description="Assumed pinhole focal length: max(width, height).")
+    decoding_iterations: int = Field(..., ge=1, description="Masked-token decoding iterations.")
+    refinement_steps: int = Field(..., ge=0, description="2D-informed refinement steps per track.")
+
+
+class BodySummary(_Doc):
+    frames_meshed: int = Field(..., ge=0, description="Person-frames with a fitted body.")
+    reprojection_error_px_before: float = Field(..., ge=0, description="Mean 2D error before refinement, pixels.")
+    reprojection_error_px_after: float = Field(..., ge=0, description="Mean 2D error after refinement, pixels.")
+    reprojection_error_bbox_frac_before: float = Field(..., ge=0, description="Before, over the person's "
+                                                       "bounding-box height.")
+    reprojection_error_bbox_frac_after: float = Field(..., ge=0, description="After, over the person's "
+                                                      "bounding-box height.")
+
+
+class ArtifactInfo(_Doc):
+    name: str = Field(..., description="Artifact name; fetch it at /v1/jobs/{job_id}/artifacts/{name}.")
+    media_type: str = Field(..., description="MIME type.")
+    size_bytes: int = Field(..., ge=0)
+    description: str
+
+
 class ResultSummary(_Doc):
     frames: int = Field(..., ge=0, description="Sampled frames processed.")
     frames_with_person: int = Field(..., ge=0, description="Frames with at least one person.")
     tracks: int = Field(..., ge=0, description="Distinct person tracks.")
     seconds: float = Field(..., ge=0, description="Processing wall time of the pipeline.")
+    body: BodySummary | None = Field(None, description="Body-stage figures (when `body` was asked for).")
 
 
 class Software(_Doc):
@@ -191,9 +257,9 @@ class Software(_Doc):
 
 
 class KinemeshResult(_Doc):
-    """The result JSON of a job (schema_version 1)."""
+    """The result JSON of a job (schema_version 2)."""
 
-    schema_version: Literal[1] = Field(RESULT_SCHEMA_VERSION, description="Version of this document's schema.")
+    schema_version: Literal[2] = Field(RESULT_SCHEMA_VERSION, description="Version of this document's schema.")
     job_id: str | None = Field(None, description="Job id; null for `kinemesh run`.")
     created_at: datetime = Field(..., description="When the result was produced.")
     software: Software
@@ -204,6 +270,9 @@ class KinemeshResult(_Doc):
     timings: list[StageTiming]
     frames: list[FrameInfo] = Field(..., description="One entry per sampled frame, including frames with nobody.")
     tracks: list[Track] = Field(..., description="Per-person tracks.")
+    body_model: BodyModelInfo | None = Field(None, description="The body model and conventions (when `body` "
+                                             "was asked for).")
+    artifacts: list[ArtifactInfo] = Field(default_factory=list, description="Binary artifacts of the job.")
 
 
 def result_json_schema() -> dict:

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     decode_threads: int = Field(0, description="PyAV decoder threads; 0 lets FFmpeg choose.")
 
     model_dir: Path = Field(Path("var/models"), description="Folder of the built model files.")
+    bundle: str = Field("default", description="Model bundle served, a folder name under model_dir/bundle "
+                        "or a path to a bundle folder.")
+    refine_steps: int = Field(20, ge=0, le=200, description="2D-informed refinement steps per track (0 = off).")
+    inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
     job_ttl_s: int = Field(7 * 24 * 3600, description="How long job records and results are kept.")
     video_retention_s: int = Field(24 * 3600, description="Raw uploads are deleted this long after the job ends.")
     job_time_limit_s: int = Field(3600, description="Hard limit for one job; the visibility timeout is above it.")
@@ -81,6 +85,12 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def bundle_dir(self) -> Path:
+        """The bundle folder: `bundle` itself when it is a path, else model_dir/bundle/<bundle>."""
+        path = Path(self.bundle)
+        return path if path.is_absolute() or len(path.parts) > 1 else self.model_dir / "bundle" / self.bundle
 
     @property
     def spool_dir(self) -> Path:

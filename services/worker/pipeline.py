@@ -8,15 +8,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kinemesh.services.common.schemas import ClipInfo, JobOptions, KinemeshResult, StageTiming
+from kinemesh.models.genhmr.refine import RefineConfig
+from kinemesh.services.common.schemas import BodyModelInfo, ClipInfo, JobOptions, KinemeshResult, StageTiming
 from kinemesh.services.common.settings import Settings
 from kinemesh.services.worker.results import build_result, keypoints_npz
 from kinemesh.services.worker.stages.base import StageContext
+from kinemesh.services.worker.stages.body import BodyStage
 from kinemesh.services.worker.stages.decode import DecodeStage
 from kinemesh.services.worker.stages.keypoints import KeypointStage
 
 # Share of the whole job each stage accounts for, for the progress bar.
-STAGE_SPAN = {"decode": (0.0, 0.05), "keypoints": (0.05, 0.95), "results": (0.95, 1.0)}
+STAGE_SPAN = {"decode": (0.0, 0.05), "keypoints": (0.05, 0.75), "body": (0.75, 0.97), "results": (0.97, 1.0)}
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Pipeline:
         self.decode = decode or DecodeStage(batch_frames=settings.batch_frames, threads=settings.decode_threads)
         # The landmarker's pose count is fixed when it is created: one stage per max_people asked for.
         self._keypoints: dict[int, KeypointStage] = {}
+        self._body: BodyStage | None = None
 
     def keypoint_stage(self, max_people: int) -> KeypointStage:
         stage = self._keypoints.get(max_people)
@@ -52,6 +55,21 @@ class Pipeline:
             stage = KeypointStage(self.settings.model_dir, max_people=max_people)
             self._keypoints[max_people] = stage
         return stage
+
+    def body_stage(self) -> BodyStage:
+        if self._body is None:
+            self._body = BodyStage(self.settings.bundle_dir, RefineConfig(steps=self.settings.refine_steps),
+                                   threads=self.settings.inference_threads)
+        return self._body
+
+    @staticmethod
+    def body_model_info(stage: BodyStage, focal_px: float) -> BodyModelInfo:
+        m = stage.bundle.manifest
+        return BodyModelInfo(
+            name=stage.body_model_name, pose_model=m["graphs"]["genhmr_step"]["architecture"],
+            bundle=f"{m['name']}@{m['version']}", trained=all(g["trained"] for g in m["graphs"].values()),
+            joint_names=list(m["joint_names"]), shape_components=int(m["body_model"]["shape_components"]),
+            focal_length_px=focal_px, decoding_iterations=stage.iterations, refinement_steps=stage.refine_config.steps)
 
     def close(self) -> None:
         """Release the models (the landmarker's native graph must close before interpreter exit)."""
@@ -62,6 +80,7 @@ class Pipeline:
     def warm_up(self) -> None:
         """Load the default models now rather than on the first job."""
         self.keypoint_stage(JobOptions().max_people)
+        self.body_stage()
 
     def run(self, video_path: Path, options: JobOptions, ctx: StageContext, job_id: str | None = None,
             size_bytes: int | None = None) -> PipelineOutput:
@@ -82,14 +101,22 @@ class Pipeline:
             video = self.decode.open(video_path, target_fps, limits=self.settings)
         with timed("keypoints"):  # decoding streams inside this stage, batch by batch
             tracks = self.keypoint_stage(options.max_people).run(video, ctx)
+        body, body_model, artifacts = None, None, {}
+        if "body" in options.outputs:
+            stage = self.body_stage()
+            with timed("body"):
+                body = stage.run(tracks, ctx)
+            body_model = self.body_model_info(stage, body.focal_px)
+            artifacts.update(body.artifacts)
         with timed("results"):
             m = video.meta
             clip = ClipInfo(width=m.width, height=m.height, rotation_deg=m.rotation_deg,
                             source_fps=round(m.source_fps, 4), target_fps=round(m.target_fps, 4),
                             duration_s=round(m.duration_s, 4), source_frames=m.source_frames, codec=m.codec,
                             container=m.container, size_bytes=size_bytes)
-            artifacts = {"keypoints.npz": keypoints_npz(tracks)}
-            result = build_result(tracks, options, clip, timings, time.perf_counter() - started, job_id)
+            artifacts["keypoints.npz"] = keypoints_npz(tracks)
+            result = build_result(tracks, options, clip, timings, 0.0, job_id, body, body_model, artifacts)
+        # timings and the total are final only once the results stage itself is timed
         result.timings = timings
         result.summary.seconds = round(time.perf_counter() - started, 4)
         return PipelineOutput(result=result, artifacts=artifacts)

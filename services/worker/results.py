@@ -6,10 +6,16 @@ import io
 from datetime import UTC, datetime
 
 import numpy as np
+import torch
 
 from kinemesh import __version__
+from kinemesh.models.rotations import matrix_to_axis_angle
 from kinemesh.services.common.schemas import (
     LANDMARK_NAMES,
+    ArtifactInfo,
+    BodyFrame,
+    BodyModelInfo,
+    BodySummary,
     ClipInfo,
     FrameInfo,
     FrameQuality,
@@ -20,9 +26,11 @@ from kinemesh.services.common.schemas import (
     Software,
     StageTiming,
     Track,
+    TrackBody,
     TrackFrame,
 )
 from kinemesh.services.worker.stages.base import KeypointTracks, PoseObservation
+from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
 
 VISIBLE = 0.5
 LOW_SCORE = 0.5
@@ -59,10 +67,68 @@ def _frame_flags(people: list[PoseObservation], width: int, height: int) -> list
     return flags
 
 
+def artifact_infos(artifacts: dict[str, bytes]) -> list[ArtifactInfo]:
+    """Name, media type, size and meaning of each artifact, in name order."""
+    infos = []
+    for name in sorted(artifacts):
+        if name.endswith(".glb"):
+            media, what = "model/gltf-binary", "Animated mesh of one track (glTF 2.0 binary, skinned, camera frame)."
+        elif name == "mesh.npz":
+            media, what = "application/x-npz", ("Per-track body parameters, joints, translations, the mesh's "
+                                                "skinning (rest vertices, node transforms per frame, weights) "
+                                                "and, for tracks up to 150 frames, float16 posed vertices; faces.")
+        elif name == "keypoints.npz":
+            media, what = "application/x-npz", "Dense keypoint arrays (NaN where a track is absent)."
+        else:
+            media, what = "application/octet-stream", "Job artifact."
+        infos.append(ArtifactInfo(name=name, media_type=media, size_bytes=len(artifacts[name]), description=what))
+    return infos
+
+
+def _body_frames(body: BodyResult | None) -> dict[tuple[int, int], BodyFrame]:
+    """(track id, frame index) -> BodyFrame."""
+    out: dict[tuple[int, int], BodyFrame] = {}
+    for tb in body.tracks if body else []:
+        aa = matrix_to_axis_angle(torch.from_numpy(tb.rotations[:, :22])).numpy()  # (T, 22, 3)
+        for k, idx in enumerate(tb.frame_index.tolist()):
+            out[(tb.track_id, idx)] = BodyFrame(
+                global_orient=tuple(_round(aa[k, 0], 5)), body_pose=[tuple(r) for r in _round(aa[k, 1:], 5)],
+                camera=tuple(_round(tb.camera[k], 5)), translation=tuple(_round(tb.translation[k], 4)),
+                joints_3d=[tuple(r) for r in _round(tb.joints[k], 4)],
+                reprojection_error_px=round(float(tb.reproj_after_px[k]), 3),
+                reprojection_error_before_px=round(float(tb.reproj_before_px[k]), 3),
+            )
+    return out
+
+
+def _track_body(tb: TrackBodies) -> TrackBody:
+    return TrackBody(shape=_round(tb.shape, 4), frames_meshed=len(tb.frame_index),
+                     reprojection_error_px_before=round(float(tb.reproj_before_px.mean()), 3),
+                     reprojection_error_px_after=round(float(tb.reproj_after_px.mean()), 3),
+                     mesh_artifact=f"mesh_track{tb.track_id}.glb")
+
+
+def body_summary(body: BodyResult) -> BodySummary:
+    """Means over every person-frame the body stage fitted."""
+    cat = lambda attr: np.concatenate([getattr(t, attr) for t in body.tracks]) if body.tracks else np.zeros(0)  # noqa: E731
+    before, after, height = cat("reproj_before_px"), cat("reproj_after_px"), cat("bbox_height_px")
+    frac = lambda e: float((e / np.maximum(height, 1.0)).mean()) if len(e) else 0.0  # noqa: E731
+    return BodySummary(
+        frames_meshed=len(before),
+        reprojection_error_px_before=round(float(before.mean()), 3) if len(before) else 0.0,
+        reprojection_error_px_after=round(float(after.mean()), 3) if len(after) else 0.0,
+        reprojection_error_bbox_frac_before=round(frac(before), 5),
+        reprojection_error_bbox_frac_after=round(frac(after), 5),
+    )
+
+
 def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, timings: list[StageTiming],
-                 seconds: float, job_id: str | None) -> KinemeshResult:
+                 seconds: float, job_id: str | None, body: BodyResult | None = None,
+                 body_model: BodyModelInfo | None = None, artifacts: dict[str, bytes] | None = None) -> KinemeshResult:
     want_2d = "keypoints_2d" in options.outputs
     want_3d = "keypoints_3d" in options.outputs
+    bodies = _body_frames(body)
+    track_bodies = {tb.track_id: _track_body(tb) for tb in body.tracks} if body else {}
     w, h = tracks.meta.width, tracks.meta.height
     frames: list[FrameInfo] = []
     per_track: dict[int, list[TrackFrame]] = {}
@@ -86,9 +152,11 @@ def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, ti
                 score=float(np.clip(round(obs.score, 4), 0.0, 1.0)),
                 keypoints_2d=kp2d,
                 keypoints_3d=_round(obs.world, 4) if want_3d else None,
+                body=bodies.get((tid, f.index)),
             ))
     track_docs = [
-        Track(track_id=tid, first_frame=tf[0].index, last_frame=tf[-1].index, frames=tf)
+        Track(track_id=tid, first_frame=tf[0].index, last_frame=tf[-1].index, frames=tf,
+              body=track_bodies.get(tid))
         for tid, tf in sorted(per_track.items())
     ]
     return KinemeshResult(
@@ -103,10 +171,13 @@ def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, ti
             frames_with_person=sum(1 for f in frames if f.quality.person_detected),
             tracks=len(track_docs),
             seconds=round(seconds, 4),
+            body=body_summary(body) if body else None,
         ),
         timings=timings,
         frames=frames,
         tracks=track_docs,
+        body_model=body_model,
+        artifacts=artifact_infos(artifacts or {}),
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import numpy as np
+import pygltflib
 import pytest
 
 from kinemesh.services.client import ApiError, Client
@@ -80,13 +81,70 @@ def test_real_clip_gives_landmarks_on_every_person_frame(acme: Client, finished_
 
 
 def test_artifact_listing_and_download(acme: Client, finished_job: dict) -> None:
-    assert finished_job["artifacts"] == ["keypoints.npz"]
+    assert finished_job["artifacts"] == ["keypoints.npz", "mesh.npz", "mesh_track0.glb"]
     resp = acme.http.get(f"/v1/jobs/{finished_job['id']}/artifacts/keypoints.npz")
     assert resp.status_code == 200
     arrays = np.load(io.BytesIO(resp.content))
     assert arrays["keypoints_2d"].shape[2:] == (33, 4)
     assert acme.http.get(f"/v1/jobs/{finished_job['id']}/artifacts/nope.bin").status_code == 404
     assert acme.http.get(f"/v1/jobs/{finished_job['id']}/artifacts/..%2Fresult.json").status_code == 404
+
+
+def test_job_returns_bodies_and_an_animated_mesh(acme: Client, finished_job: dict) -> None:
+    """The body stage through the real service: per-frame bodies, a refinement that lowered the
+    2D error, and a GLB that an independent glTF reader opens with one frame per body."""
+    result = acme.result(finished_job["id"])
+    assert result["schema_version"] == 2
+    model, summary = result["body_model"], result["summary"]["body"]
+    assert model["trained"] and model["refinement_steps"] > 0 and len(model["joint_names"]) == 24
+    (track,) = result["tracks"]
+    bodies = [tf["body"] for tf in track["frames"]]
+    assert all(b is not None for b in bodies) and summary["frames_meshed"] == len(bodies) >= 45
+    joints = np.asarray([b["joints_3d"] for b in bodies])  # (T, 24, 3) camera frame
+    assert np.isfinite(joints).all() and (joints[..., 2] < 0).all()  # in front of the camera (it looks down -z)
+    height = joints[:, :, 1].max(1) - joints[:, :, 1].min(1)  # head-to-ankle joint span of a standing person
+    assert 0.8 < np.median(height) < 2.2
+    assert summary["reprojection_error_px_after"] < summary["reprojection_error_px_before"]
+    assert summary["reprojection_error_bbox_frac_after"] < 0.05
+    infos = {a["name"]: a for a in result["artifacts"]}
+    assert infos["mesh_track0.glb"]["media_type"] == "model/gltf-binary"
+    assert track["body"]["mesh_artifact"] == "mesh_track0.glb"
+
+    glb = acme.artifact(finished_job["id"], "mesh_track0.glb")
+    assert infos["mesh_track0.glb"]["size_bytes"] == len(glb)
+    gltf = pygltflib.GLTF2.load_from_bytes(glb)
+    blob = gltf.binary_blob()
+    (mesh,) = gltf.meshes
+    prim = mesh.primitives[0]
+    positions = _accessor(gltf, blob, prim.attributes.POSITION)
+    assert positions.shape[1] == 3 and positions.shape[0] > 10_000
+    assert len(gltf.skins) == 1 and len(gltf.skins[0].joints) > 20
+    (anim,) = gltf.animations
+    times = _accessor(gltf, blob, anim.samplers[0].input)
+    assert len(times) == len(bodies) and (np.diff(times) > 0).all()
+
+    npz = np.load(io.BytesIO(acme.artifact(finished_job["id"], "mesh.npz")))
+    verts = npz["track0_vertices"].astype(np.float32)  # (T, V, 3)
+    assert verts.shape == (len(bodies), positions.shape[0], 3)
+    assert np.allclose(npz["track0_joints"], joints, atol=1e-3)
+    # the documented skinning formula gives the same vertices as the posed ones
+    g, w = npz["track0_node_rotations"][-1], npz["track0_node_heads"][-1]  # (N, 3, 3), (N, 3)
+    x, h = npz["track0_rest_vertices"], npz["track0_rest_heads"]
+    skinned = np.einsum("vn,nvc->vc", npz["skin_weights"], np.einsum("nij,nvj->nvi", g, x[None] - h[:, None]) + w[:, None])
+    assert np.abs(skinned - verts[-1]).max() < 5e-3  # float16 storage of the posed vertices
+
+
+_GLTF_TYPES = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}
+_GLTF_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT4": 16}
+
+
+def _accessor(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
+    acc = gltf.accessors[index]
+    view = gltf.bufferViews[acc.bufferView]
+    width = _GLTF_WIDTH[acc.type]
+    start = (view.byteOffset or 0) + (acc.byteOffset or 0)
+    data = np.frombuffer(blob, _GLTF_TYPES[acc.componentType], acc.count * width, start)
+    return data.reshape(acc.count, width) if width > 1 else data
 
 
 def test_events_stream_ends_and_progress_is_monotonic(acme: Client, clips: dict[str, Path]) -> None:

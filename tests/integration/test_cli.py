@@ -34,6 +34,22 @@ def test_run_writes_a_valid_result_for_the_real_clip(clips: dict[str, Path], mod
     assert result.get("job_id") is None
     assert result["summary"]["frames_with_person"] >= 0.95 * result["summary"]["frames"] > 0
     assert (tmp_path / "keypoints.npz").stat().st_size > 0
+    assert (tmp_path / "mesh_track0.glb").read_bytes()[:4] == b"glTF"
+    assert result["summary"]["body"]["frames_meshed"] == result["summary"]["frames_with_person"]
+    assert "frames meshed" in out.stderr
+
+
+def test_run_without_the_body_output_skips_the_body_stage(clips: dict[str, Path], model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    out = kinemesh("run", str(clips["single_cam02"]), "--out", str(tmp_path), "--fps", "10",
+                   "--outputs", "keypoints_2d", env={"KINEMESH_MODEL_DIR": str(model_dir)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert "body" not in result["summary"] and "body_model" not in result
+    assert [a["name"] for a in result["artifacts"]] == ["keypoints.npz"]
+    assert [t["stage"] for t in result["timings"]] == ["decode", "keypoints", "results"]
+    bad = kinemesh("run", str(clips["single_cam02"]), "--out", str(tmp_path / "x"), "--outputs", "mesh")
+    assert bad.returncode == 2 and "bad options" in bad.stderr
 
 
 def test_run_reports_bad_input_with_its_code(tmp_path: Path, model_dir: Path) -> None:

@@ -51,7 +51,7 @@ def test_schema_rejects_wrong_landmark_count(sample_result: dict) -> None:
     broken["tracks"][0]["frames"][0]["keypoints_2d"] = broken["tracks"][0]["frames"][0]["keypoints_2d"][:32]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
-    wrong_version = dict(sample_result, schema_version=2)
+    wrong_version = dict(sample_result, schema_version=1)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(wrong_version, schema)
 
@@ -68,7 +68,7 @@ def sample_result() -> dict:
     kp2 = [[10.0 + i, 20.0, 0.9, 0.95] for i in range(33)]
     kp3 = [[0.01 * i, 0.0, 0.1] for i in range(33)]
     doc = {
-        "schema_version": 1, "job_id": "abc", "created_at": "2026-11-28T10:00:00Z",
+        "schema_version": 2, "job_id": "abc", "created_at": "2026-11-28T10:00:00Z",
         "software": {"name": "kinemesh", "version": "0.1.0"},
         "options": {"target_fps": 30.0, "max_people": 1, "outputs": ["keypoints_2d", "keypoints_3d"]},
         "clip": {"width": 1080, "height": 1920, "rotation_deg": 0, "source_fps": 60.0, "target_fps": 30.0,
@@ -84,3 +84,21 @@ def sample_result() -> dict:
     }
     KinemeshResult.model_validate(doc)  # the pydantic model and the schema agree on a valid document
     return doc
+
+
+def test_schema_carries_bodies_and_rejects_a_wrong_joint_count(sample_result: dict) -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    body = {"global_orient": [0.1, 0.0, 0.0], "body_pose": [[0.0, 0.0, 0.0]] * 21, "camera": [1.5, 0.0, 0.1],
+            "translation": [0.0, 0.2, -4.0], "joints_3d": [[0.0, 0.0, -4.0]] * 24,
+            "reprojection_error_px": 3.5, "reprojection_error_before_px": 9.0}
+    doc = json.loads(json.dumps(sample_result))
+    doc["tracks"][0]["frames"][0]["body"] = body
+    doc["tracks"][0]["body"] = {"shape": [0.0] * 10, "frames_meshed": 1, "reprojection_error_px_before": 9.0,
+                                "reprojection_error_px_after": 3.5, "mesh_artifact": "mesh_track0.glb"}
+    doc["artifacts"] = [{"name": "mesh_track0.glb", "media_type": "model/gltf-binary", "size_bytes": 10,
+                         "description": "mesh"}]
+    jsonschema.validate(doc, schema)
+    KinemeshResult.model_validate(doc)
+    doc["tracks"][0]["frames"][0]["body"]["body_pose"] = [[0.0, 0.0, 0.0]] * 20
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)

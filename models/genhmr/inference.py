@@ -1,0 +1,75 @@
+"""From keypoints to body parameters: iterative token decoding, then the tokenizer's decoder.
+
+Shape legend: B people (or frames of one track), N tokens, D code width, L = 33 landmarks,
+S shape coefficients, J = 24 SMPL-order joints.
+
+Both halves run over PyTorch or an inference backend (the exported step graph and the exported
+index decoder), so training, tests and the worker share this code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kinemesh.models.genhmr.decoding import ArrayLike, StepFn, _as_tensor, masked_decode
+from kinemesh.models.rotations import rot6d_to_matrix
+
+
+class BodyParams(NamedTuple):
+    token_ids: Tensor  # (B, N) int64
+    confidences: Tensor  # (B, N) token confidences from decoding
+    body6d: Tensor  # (B, 21, 6) body pose below the root
+    orient6d: Tensor  # (B, 6) root orientation in the camera frame
+    shape: Tensor  # (B, S)
+    camera: Tensor  # (B, 3) weak perspective (s, tx, ty) in person-box units
+
+
+class TorchDecoder:
+    """token ids (B, N) -> body6d (B, J', 6) with an eager tokenizer."""
+
+    def __init__(self, tokenizer: torch.nn.Module) -> None:
+        self.tokenizer = tokenizer.eval()
+
+    @torch.no_grad()
+    def __call__(self, token_ids: Tensor) -> Tensor:
+        return self.tokenizer.decode_indices(token_ids)
+
+
+class BackendDecoder:
+    """token ids (B, N) -> body6d through a backend's exported index-decoder graph (input "indices")."""
+
+    def __init__(self, backend: Any, graph: str) -> None:
+        self.backend = backend
+        self.graph = graph
+
+    def __call__(self, token_ids: Tensor) -> Tensor:
+        out = self.backend.run(self.graph, {"indices": token_ids.numpy()})
+        return _as_tensor(next(iter(out.values())) if isinstance(out, dict) else out[0]).float()
+
+
+def predict_bodies(step_fn: StepFn, decoder: Any, keypoints: ArrayLike, iterations: int = 5,
+                   image_tokens: ArrayLike | None = None, final_pass: bool = False) -> BodyParams:
+    """keypoints (B, L, 3) box-normalised (see `kinemesh.models.camera`) -> BodyParams.
+
+    Shape, camera and orientation come from the last iteration's call (final_pass=False, the
+    default: one graph call fewer; the refinement re-solves the camera and refines the orientation)
+    or from an extra call on the complete token sequence.
+    """
+    res = masked_decode(step_fn, keypoints, image_tokens, iterations=iterations, final_pass=final_pass)
+    body6d = decoder(res.token_ids)
+    return BodyParams(res.token_ids, res.confidences, body6d, res.orient, res.shape, res.camera)
+
+
+def full_rotations(body6d: Tensor, orient6d: Tensor) -> Tensor:
+    """Root (B, 6) + 21 body joints (B, 21, 6) -> (B, 24, 3, 3), the two hand joints at rest."""
+    B = body6d.shape[0]
+    eye = torch.eye(3, dtype=body6d.dtype).expand(B, 1, 3, 3)
+    return torch.cat([rot6d_to_matrix(orient6d)[:, None], rot6d_to_matrix(body6d), eye, eye], 1)
+
+
+def as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)

@@ -1,0 +1,203 @@
+"""Train the default bundle's pose tokenizer and keypoint-conditioned masked transformer on CPU.
+
+    python -m kinemesh.models.training.train_default --body var/models/body/anny_core.npz \
+        --fit-keypoints 'var/cache/train/kp_*/keypoints.npz' --out models/weights/default
+
+Everything is seeded: the synthetic data (`synth.generate`), the model initialisation and the
+masks. Writes `pose_tokenizer.pt`, `genhmr_keypoints.pt` (state dicts) and `record.json` (command,
+seeds, data sizes, steps, wall time, configs and the final validation metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kinemesh.models.body.assets import load_body_model
+from kinemesh.models.genhmr import TorchStepFn, masked_token_loss
+from kinemesh.models.genhmr.inference import TorchDecoder, full_rotations, predict_bodies
+from kinemesh.models.registry import create_model, model_config
+from kinemesh.models.training.fit import fit_sequence, world_tracks
+from kinemesh.models.training.metrics import BODY_METRIC_JOINTS, mpjpe_mm, pa_mpjpe_mm
+from kinemesh.models.training.synth import SyntheticFrames, generate
+
+NUM_SHAPE = 10
+TOKENIZER = ("pose_tokenizer_small", {"joints": 21})
+TRANSFORMER = ("genhmr_keypoints_small", {"dim": 128, "depth": 4, "heads": 4, "shape_dim": NUM_SHAPE,
+                                          "dropout": 0.0})
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def body_joints(layer, body6d: torch.Tensor, orient6d: torch.Tensor | None = None,
+                shape: torch.Tensor | None = None) -> torch.Tensor:
+    """Joints (B, 24, 3) of a body pose (B, 21, 6) [with root orientation (B, 6) and shape (B, S)]."""
+    B = body6d.shape[0]
+    orient6d = torch.tensor([1.0, 0, 0, 0, 1.0, 0]).expand(B, 6) if orient6d is None else orient6d
+    rot = full_rotations(body6d, orient6d)  # (B, 24, 3, 3)
+    shape = torch.zeros(B, layer.config.num_shape) if shape is None else shape
+    return layer.skeleton(rot, shape, torch.zeros(B, 3))[0]
+
+
+def train_tokenizer(layer, data: SyntheticFrames, val: SyntheticFrames, steps: int, batch: int, seed: int,
+                    log) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(seed)
+    tok = create_model(TOKENIZER[0], **TOKENIZER[1])
+    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    x_all = data.body6d
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, 1e-3)
+        idx = torch.randint(0, len(x_all), (batch,), generator=g)
+        x = x_all[idx]
+        tok.train()
+        out = tok(x)
+        joints_err = (body_joints(layer, out.recon) - body_joints(layer, x)).abs().mean()
+        loss = F.l1_loss(out.recon, x) + 10.0 * joints_err + out.commit_loss + out.codebook_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 99:
+            reset = tok.reset_dead_codes(out.z_e.detach(), g)
+            log(f"tokenizer {step + 1}/{steps} loss {loss.item():.4f} joints {joints_err.item() * 1000:.1f} mm "
+                f"perplexity {float(out.perplexity):.0f} reset {reset}")
+    tok.eval()
+    with torch.no_grad():
+        ids, _ = tok.encode(val.body6d)
+        recon = tok.decode_indices(ids)
+        err = mpjpe_mm(body_joints(layer, recon)[:, list(BODY_METRIC_JOINTS)],
+                       body_joints(layer, val.body6d)[:, list(BODY_METRIC_JOINTS)])
+        used = int(torch.unique(tok.encode(data.body6d[:20000])[0]).numel())
+    return tok, {"val_recon_mpjpe_mm": round(float(err.mean()), 2), "codes_used": used}
+
+
+def train_transformer(layer, tok, data: SyntheticFrames, val: SyntheticFrames, steps: int, batch: int,
+                      seed: int, log, geometry_weight: float = 10.0) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(seed)
+    model = create_model(TRANSFORMER[0], **TRANSFORMER[1])
+    for p in tok.parameters():
+        p.requires_grad_(False)
+    codebook = tok.codebook.detach()  # (K, D)
+    with torch.no_grad():
+        ids_all = torch.cat([tok.encode(data.body6d[i:i + 8192])[0] for i in range(0, len(data), 8192)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, 1e-3)
+        idx = torch.randint(0, len(data), (batch,), generator=g)
+        out = masked_token_loss(model, ids_all[idx], data.keypoints[idx], None, g,
+                                shape_target=data.shape[idx], camera_target=data.camera[idx],
+                                orient_target=data.orient6d[idx], shape_weight=0.5, camera_weight=1.0,
+                                orient_weight=2.0, label_smoothing=0.1)
+        # Geometry: the expected code embedding at the masked positions (softmax over the codebook),
+        # through the frozen tokenizer decoder, should give the right joints. It rewards tokens whose
+        # poses are near the target's even when the exact code is missed.
+        probs = out.logits.softmax(-1)  # (B, N, K)
+        soft = probs @ codebook  # (B, N, D)
+        z = torch.where(out.mask[..., None], soft, codebook[ids_all[idx]])  # (B, N, D)
+        joints = body_joints(layer, tok.decode_embeddings(z), data.orient6d[idx])
+        geometry = (joints - data.joints[idx] + data.joints[idx][:, :1] - joints[:, :1]).norm(dim=-1).mean()
+        total = out.total + geometry_weight * geometry
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 99:
+            log(f"transformer {step + 1}/{steps} loss {total.item():.3f} ce {out.token_ce.item():.3f} "
+                f"acc {out.accuracy.item():.3f} joints {geometry.item() * 1000:.1f} mm shape {out.shape.item():.3f} "
+                f"cam {out.camera.item():.4f} orient {out.orient.item():.4f}")
+    model.eval()
+    return model, evaluate(layer, model, tok, val)
+
+
+@torch.no_grad()
+def evaluate(layer, model, tok, val: SyntheticFrames, iterations: int = 5) -> dict:
+    pred = predict_bodies(TorchStepFn(model), TorchDecoder(tok), val.keypoints, iterations=iterations)
+    joints = body_joints(layer, pred.body6d, pred.orient6d, pred.shape)[:, list(BODY_METRIC_JOINTS)]
+    gt = val.joints[:, list(BODY_METRIC_JOINTS)]
+    return {"val_mpjpe_mm": round(float(mpjpe_mm(joints, gt).mean()), 2),
+            "val_pa_mpjpe_mm": round(float(pa_mpjpe_mm(joints, gt).mean()), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--body", default="var/models/body/anny_core.npz")
+    p.add_argument("--fit-keypoints", default="", help="glob of keypoints.npz artifacts of real clips to fit")
+    p.add_argument("--out", default="models/weights/default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequences", type=int, default=3000)
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--tokenizer-steps", type=int, default=3000)
+    p.add_argument("--transformer-steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=128)
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.time()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
+
+    layer = load_body_model(a.body, num_shape=NUM_SHAPE)
+    fitted, fit_report = [], []
+    for path in sorted(glob.glob(a.fit_keypoints)) if a.fit_keypoints else []:
+        for k, (world, vis) in enumerate(world_tracks(path)):
+            angles, orient, rms = fit_sequence(layer, world, vis, seed=a.seed)
+            fitted.append((angles, orient))
+            fit_report.append({"file": str(Path(path).parent.name), "track": k, "frames": len(angles),
+                               "rms_mm": round(rms * 1000, 1)})
+            log(f"fitted {path} track {k}: {len(angles)} frames, rms {rms * 1000:.1f} mm")
+    data = generate(layer, a.sequences, a.frames, seed=a.seed, num_shape=NUM_SHAPE, fitted=fitted)
+    val = generate(layer, 64, 16, seed=a.seed + 1000, num_shape=NUM_SHAPE)  # held out: another seed
+    log(f"data: {len(data)} training frames, {len(val)} validation frames")
+
+    tok, tok_metrics = train_tokenizer(layer, data, val, a.tokenizer_steps, 512, a.seed, log)
+    log(f"tokenizer: {tok_metrics}")
+    torch.save(tok.state_dict(), out / "pose_tokenizer.pt")
+    model, tr_metrics = train_transformer(layer, tok, data, val, a.transformer_steps, a.batch, a.seed, log)
+    log(f"transformer: {tr_metrics}")
+    torch.save(model.state_dict(), out / "genhmr_keypoints.pt")
+
+    record = {
+        "command": "python -m kinemesh.models.training.train_default " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": a.seed,
+        "body_model": layer.config.name,
+        "body_model_shape_components": NUM_SHAPE,
+        "data": {"generator": "kinemesh.models.training.synth.generate", "sequences": a.sequences,
+                 "frames_per_sequence": a.frames, "training_frames": len(data), "validation_frames": len(val),
+                 "validation_seed": a.seed + 1000, "fitted_sequences": fit_report},
+        "tokenizer": {"preset": TOKENIZER[0], "overrides": TOKENIZER[1], "steps": a.tokenizer_steps,
+                      "batch": 512, "config": asdict(model_config(TOKENIZER[0], **TOKENIZER[1])), **tok_metrics},
+        "transformer": {"preset": TRANSFORMER[0], "overrides": TRANSFORMER[1], "steps": a.transformer_steps,
+                        "batch": a.batch, "config": asdict(model_config(TRANSFORMER[0], **TRANSFORMER[1])),
+                        "decoding_iterations": 5, **tr_metrics},
+        "wall_time_s": round(time.time() - started, 1),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "numpy": np.__version__,
+    }
+    (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Body stage: keypoint tracks -> GenHMR body parameters -> 2D-informed refinement -> mesh.
+
+Per track, the frames where the person was seen are normalised to the person box, decoded by
+the exported masked transformer and token decoder through the worker's inference backend
+(ONNX Runtime in process), then refined in PyTorch over the whole track (embeddings, root
+orientation, camera, one shape). Outputs are in the camera frame of a pinhole camera with an
+assumed focal length of max(width, height) pixels: x right, y up, z towards the viewer (the
+camera looks down -z), metres.
+
+Shape legend: T frames of a track, L = 33 landmarks, J = 24 joints, N nodes, V vertices,
+S shape coefficients.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kinemesh.models.backends.ort import OrtBackend
+from kinemesh.models.body.assets import load_body_model
+from kinemesh.models.camera import normalize_keypoints
+from kinemesh.models.export.bundle import Bundle, BundleError, open_bundle
+from kinemesh.models.genhmr.decoding import BackendStepFn
+from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_rotations, predict_bodies
+from kinemesh.models.genhmr.refine import RefineConfig, refine_track
+from kinemesh.models.registry import create_model
+from kinemesh.services.common.errors import ModelUnavailable
+from kinemesh.services.worker.artifacts_glb import animated_mesh_glb
+from kinemesh.services.worker.stages.base import KeypointTracks, StageContext
+
+STAGE = "body"
+CHUNK = 256  # frames per inference call (the graphs' Triton max batch size)
+REFINE_WINDOW = 600  # frames refined together; longer tracks are refined window by window
+NPZ_VERTEX_FRAMES = 150  # posed vertices go into the NPZ for tracks up to this many frames (5 s at 30 fps);
+# every track gets its node transforms, from which any frame's vertices follow (see `_artifacts`)
+
+
+@dataclass
+class TrackBodies:
+    """One track's bodies, frame by frame (only frames where the person was seen)."""
+
+    track_id: int
+    frame_index: np.ndarray  # (T,) sampled-frame indices
+    timestamps_s: np.ndarray  # (T,)
+    rotations: np.ndarray  # (T, J, 3, 3) root (camera frame) then the body joints, SMPL order
+    shape: np.ndarray  # (S,) one shape for the track
+    camera: np.ndarray  # (T, 3) weak perspective (s, tx, ty) in person-box units
+    translation: np.ndarray  # (T, 3) metres, camera frame
+    joints: np.ndarray  # (T, J, 3) metres, camera frame
+    reproj_before_px: np.ndarray  # (T,)
+    reproj_after_px: np.ndarray  # (T,)
+    bbox_height_px: np.ndarray  # (T,)
+
+
+@dataclass
+class BodyResult:
+    tracks: list[TrackBodies]
+    focal_px: float
+    artifacts: dict[str, bytes]
+
+
+class BodyStage:
+    """Loads a bundle once (graphs into the backend, tokenizer and body model into PyTorch)."""
+
+    name = STAGE
+
+    def __init__(self, bundle_dir: Path | str, refine: RefineConfig | None = None, iterations: int | None = None,
+                 backend: OrtBackend | None = None, threads: int = 0) -> None:
+        try:
+            self.bundle: Bundle = open_bundle(bundle_dir)
+        except BundleError as exc:
+            raise ModelUnavailable(f"body bundle: {exc}") from exc
+        m = self.bundle.manifest
+        untrained = [g for g, e in m["graphs"].items() if not e.get("trained")]
+        if untrained:
+            raise ModelUnavailable(f"bundle {self.bundle.root} has untrained graphs {untrained}; "
+                                   "load a trained checkpoint before serving it")
+        self.refine_config = refine or RefineConfig()
+        self.iterations = iterations or m["decoding"]["iterations"]
+        self.backend = backend or OrtBackend(intra_op_threads=threads)
+        for graph in ("genhmr_step", "tokenizer_decode"):
+            self.backend.load(graph, self.bundle.graph_path(graph))
+        step_cfg = m["graphs"]["genhmr_step"]["config"]
+        self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"], step_cfg["codebook_size"])
+        self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
+        tok_entry = m["torch"]["pose_tokenizer"]
+        self.tokenizer = create_model(tok_entry["preset"], **tok_entry["overrides"])
+        self.tokenizer.load_state_dict(torch.load(self.bundle.path(tok_entry["file"]), weights_only=True))
+        self.tokenizer.eval()
+        self.layer = load_body_model(self.bundle.path(m["body_model"]["file"]),
+                                     num_shape=m["body_model"]["shape_components"])
+        self.layer.skeleton(torch.eye(3).expand(1, 24, 3, 3), torch.zeros(1, self.layer.config.num_shape),
+                            torch.zeros(1, 3))  # build the skeleton bases now, not in the first job
+        self._lock = threading.Lock()  # PyTorch refinement: one job at a time per stage
+
+    @property
+    def body_model_name(self) -> str:
+        return str(self.bundle.manifest["body_model"]["id"])
+
+    def run(self, tracks: KeypointTracks, ctx: StageContext, meshes: bool = True) -> BodyResult:
+        meta = tracks.meta
+        focal = float(max(meta.width, meta.height))
+        per_track: dict[int, list[tuple[int, float, object]]] = {}
+        for f in tracks.frames:
+            for tid, obs in f.people:
+                per_track.setdefault(tid, []).append((f.index, f.timestamp_s, obs))
+        total = sum(len(v) for v in per_track.values()) or 1
+        done = 0
+        out: list[TrackBodies] = []
+        for tid, rows in sorted(per_track.items()):
+            ctx.check_cancelled()
+            body = self._track(tid, rows, meta.width, meta.height, focal)
+            out.append(body)
+            done += len(rows)
+            ctx.progress(STAGE, done / total)
+        artifacts = self._artifacts(out, focal) if meshes and out else {}
+        return BodyResult(out, focal, artifacts)
+
+    def _track(self, tid: int, rows: list, width: int, height: int, focal: float) -> TrackBodies:
+        obs = [r[2] for r in rows]
+        xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32))  # (T, L, 2)
+        conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32))  # (T, L)
+        world = torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32))  # (T, L, 3) MediaPipe frame
+        world = world * torch.tensor([1.0, -1.0, -1.0])  # -> the model frame (y up, z towards the camera)
+        norm = normalize_keypoints(xy, conf)
+        parts = [predict_bodies(self.step_fn, self.decoder_fn, norm.keypoints[i:i + CHUNK], self.iterations)
+                 for i in range(0, len(obs), CHUNK)]
+        init = BodyParams(*(torch.cat(t) for t in zip(*parts, strict=True)))
+        refined, before, after = [], [], []
+        with self._lock:
+            for i in range(0, len(obs), REFINE_WINDOW):
+                sl = slice(i, i + REFINE_WINDOW)
+                res = refine_track(self.layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
+                                   BodyParams(*(t[sl] for t in init)), norm.keypoints[sl], world[sl],
+                                   self.refine_config)
+                refined.append(res.params)
+                before.append(res.reproj_before)
+                after.append(res.reproj_after)
+        p = BodyParams(*(torch.cat(t) for t in zip(*refined, strict=True)))
+        shape = p.shape.mean(0)  # windows share a shape within themselves; average across windows
+        rot = full_rotations(p.body6d, p.orient6d)  # (T, J, 3, 3)
+        with torch.no_grad():
+            joints, _ = self.layer.skeleton(rot, shape.expand(len(obs), -1), torch.zeros(len(obs), 3))
+        s, tx, ty = p.camera[:, 0].clamp_min(1e-3), p.camera[:, 1], p.camera[:, 2]
+        px_per_m = s * norm.half  # (T,) pixels per metre at the person's depth
+        transl = torch.stack([
+            tx + (norm.center[:, 0] - width / 2) / px_per_m,
+            -ty - (norm.center[:, 1] - height / 2) / px_per_m,
+            -focal / px_per_m,
+        ], -1)  # (T, 3)
+        half = norm.half.numpy()
+        bboxes = np.stack([o.bbox for o in obs])
+        return TrackBodies(
+            track_id=tid, frame_index=np.array([r[0] for r in rows], np.int64),
+            timestamps_s=np.array([r[1] for r in rows], np.float64),
+            rotations=rot.numpy().astype(np.float32), shape=shape.numpy().astype(np.float32),
+            camera=p.camera.numpy().astype(np.float32), translation=transl.numpy().astype(np.float32),
+            joints=(joints + transl[:, None]).numpy().astype(np.float32),
+            reproj_before_px=torch.cat(before).numpy() * half, reproj_after_px=torch.cat(after).numpy() * half,
+            bbox_height_px=(bboxes[:, 3] - bboxes[:, 1]).astype(np.float32),
+        )
+
+    def _artifacts(self, tracks: list[TrackBodies], focal: float) -> dict[str, bytes]:
+        layer = self.layer
+        faces = layer.faces.numpy()
+        parents = layer.config.node_parents
+        # Per track the NPZ holds the skinning of the mesh: vertex v at frame t is
+        #   sum_n skin_weights[v, n] * (node_rotations[t, n] @ (rest_vertices[v] - rest_heads[n]) + node_heads[t, n])
+        # (camera frame, metres), and for short tracks the posed vertices themselves (float16).
+        arrays: dict[str, np.ndarray] = {"faces": faces.astype(np.int32), "focal_length_px": np.float32(focal),
+                                         "joint_names": np.asarray(layer.config.joint_names),
+                                         "skin_weights": layer.skin_weights.numpy()}
+        out: dict[str, bytes] = {}
+        for tb in tracks:
+            T = len(tb.frame_index)
+            shape = torch.from_numpy(tb.shape)[None]
+            with torch.no_grad():
+                v_rest, heads = layer.shaped(shape)  # (1, V, 3), (1, N, 3)
+                g, w = layer.node_transforms(torch.from_numpy(tb.rotations), heads.expand(T, -1, -1))
+            w = w + torch.from_numpy(tb.translation)[:, None]  # (T, N, 3) posed heads in the camera frame
+            times = tb.timestamps_s - tb.timestamps_s[0]
+            if T > 1 and not (np.diff(times) > 0).all():
+                times = np.arange(T) / 30.0
+            out[f"mesh_track{tb.track_id}.glb"] = animated_mesh_glb(
+                v_rest[0].numpy(), faces, layer.skin_weights.numpy(), parents, heads[0].numpy(), g.numpy(),
+                w.numpy(), times, name=f"kinemesh track {tb.track_id}")
+            key = f"track{tb.track_id}_"
+            arrays.update({key + "frame_index": tb.frame_index, key + "timestamps_s": tb.timestamps_s,
+                           key + "rotations": tb.rotations, key + "shape": tb.shape, key + "camera": tb.camera,
+                           key + "translation": tb.translation, key + "joints": tb.joints,
+                           key + "rest_vertices": v_rest[0].numpy(), key + "rest_heads": heads[0].numpy(),
+                           key + "node_rotations": g.numpy(), key + "node_heads": w.numpy()})
+            if T <= NPZ_VERTEX_FRAMES:
+                with torch.no_grad():
+                    verts = layer(torch.from_numpy(tb.rotations), shape.expand(T, -1),
+                                  torch.from_numpy(tb.translation)).vertices
+                arrays[key + "vertices"] = verts.numpy().astype(np.float16)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        out["mesh.npz"] = buf.getvalue()
+        return out
