@@ -20,7 +20,7 @@ function sqrt(1 + r^2) - 1 of the scaled residual r: quadratic for small residua
 large ones, so an outlying keypoint (a wrong limb) pulls with a bounded force but never stops
 pulling, as it would with a redescending function.
 
-with Adam for a fixed number of steps (default 20; the full step size for half of them, then a
+with Adam for a fixed number of steps (default 20; the full step size for 60 % of them, then a
 cosine decay), batched over all frames of the track. The start is the decoded embeddings and
 orientations smoothed along the track (Gaussian, sigma 2 frames): per-frame decoding jitters, and
 a smooth start lets a few steps fit the keypoints instead of spending them on undoing the jitter
@@ -56,15 +56,15 @@ HIPS = (23, 24)
 @dataclass(frozen=True)
 class RefineConfig:
     steps: int = 20  # optimiser steps (0 = no refinement)
-    lr: float = 0.08  # Adam step size of the embeddings and the shape
+    lr: float = 0.12  # Adam step size of the embeddings and the shape
     lr_orient: float = 0.05  # Adam step size of the root orientation (6D)
-    lr_hold: float = 0.5  # share of the steps at the full step size before a cosine decay to 0
+    lr_hold: float = 0.6  # share of the steps at the full step size before a cosine decay to 0
     w_2d: float = 3.0
     w_world: float = 0.03  # low: MediaPipe's world landmarks disagree across views (see the module docstring)
     w_smooth: float = 0.2
     w_code: float = 0.1
     w_shape: float = 1e-3
-    scale_2d: float = 0.05  # box units (about 3 % of the person's height)
+    scale_2d: float = 0.03  # box units (about 2 % of the person's height)
     scale_world: float = 0.05  # metres
     scale_accel: float = 0.05  # metres per frame^2
     init_smooth_frames: float = 2.0  # Gaussian sigma (frames) smoothing the start along the track; 0 = off
