@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,6 +26,15 @@ class NormalizedKeypoints(NamedTuple):
     keypoints: Tensor  # (..., L, 3): u, v in box units, confidence in [0, 1]
     center: Tensor  # (..., 2) box centre in pixels
     half: Tensor  # (...) box half-side in pixels
+
+
+def mediapipe_world_to_model(world):
+    """MediaPipe world landmarks (..., 3) (x right, y down, z away from the camera) -> the model frame
+    (x = the person's left when facing the camera, y up, z towards the camera): (x, -y, -z).
+    Works on numpy arrays and torch tensors alike."""
+    if isinstance(world, Tensor):
+        return world * world.new_tensor([1.0, -1.0, -1.0])
+    return world * np.array([1.0, -1.0, -1.0], dtype=world.dtype)
 
 
 def person_box(xy: Tensor, conf: Tensor, min_confidence: float = MIN_CONFIDENCE) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from kinemesh.models.body.layer import BodyLayer
+from kinemesh.models.camera import mediapipe_world_to_model
 from kinemesh.models.rotations import rot6d_to_matrix
 from kinemesh.models.training.motion import DOFS, LIMITS_HI, LIMITS_LO, REST, dofs_to_rotations
 from kinemesh.models.training.synth import HIP_LANDMARKS, arm_rest
@@ -25,11 +26,7 @@ MIN_VISIBILITY = 0.5
 
 
 def world_tracks(npz_path: str | Path, min_frames: int = 20) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per track with at least `min_frames` frames: (world (T, L, 3) in the model frame, visibility (T, L)).
-
-    MediaPipe's world frame is x right, y down, z away from the camera; the model's is x = the
-    person's left when facing the camera, y up, z towards the camera: (x, -y, -z).
-    """
+    """Per track with at least `min_frames` frames: (world (T, L, 3) in the model frame, visibility (T, L))."""
     with np.load(npz_path) as z:
         kp2d, kp3d = z["keypoints_2d"], z["keypoints_3d"]  # (T, K, L, 4), (T, K, L, 3)
     out = []
@@ -37,7 +34,7 @@ def world_tracks(npz_path: str | Path, min_frames: int = 20) -> list[tuple[np.nd
         present = np.isfinite(kp3d[:, k]).all(axis=(1, 2))
         if present.sum() < min_frames:
             continue
-        world = kp3d[present, k] * np.array([1.0, -1.0, -1.0], np.float32)
+        world = mediapipe_world_to_model(kp3d[present, k])
         out.append((world.astype(np.float32), kp2d[present, k, :, 2].astype(np.float32)))
     return out
 

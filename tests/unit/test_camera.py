@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from kinemesh.models.camera import BOX_MARGIN, fit_weak_perspective, normalize_keypoints, weak_perspective
+from kinemesh.models.camera import (
+    BOX_MARGIN,
+    fit_weak_perspective,
+    mediapipe_world_to_model,
+    normalize_keypoints,
+    weak_perspective,
+)
 
 
 def test_fit_recovers_a_known_camera() -> None:
@@ -37,3 +44,11 @@ def test_normalisation_is_invariant_to_image_shift_and_scale() -> None:
     inside = a.keypoints[..., :2].abs().amax(-1)[confident]
     assert (inside <= 1 / BOX_MARGIN + 1e-5).all()  # the confident landmarks fill the box up to the margin
     assert torch.equal(a.keypoints[..., 2], conf)
+
+
+def test_mediapipe_world_maps_to_the_model_frame() -> None:
+    # MediaPipe: y down, z away from the camera; the model: y up, z towards the camera
+    mp = np.array([[0.1, -0.5, 0.2]], np.float32)  # right of the hips, above them, farther away
+    out = mediapipe_world_to_model(mp)
+    assert out.dtype == np.float32 and np.allclose(out, [[0.1, 0.5, -0.2]])
+    assert torch.equal(mediapipe_world_to_model(torch.from_numpy(mp)), torch.from_numpy(out))

@@ -23,7 +23,7 @@ import torch
 
 from kinemesh.models.backends.ort import OrtBackend
 from kinemesh.models.body.assets import load_body_model
-from kinemesh.models.camera import normalize_keypoints
+from kinemesh.models.camera import mediapipe_world_to_model, normalize_keypoints
 from kinemesh.models.export.bundle import Bundle, BundleError, open_bundle
 from kinemesh.models.genhmr.decoding import BackendStepFn
 from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_rotations, predict_bodies
@@ -125,8 +125,7 @@ class BodyStage:
         obs = [r[2] for r in rows]
         xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32))  # (T, L, 2)
         conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32))  # (T, L)
-        world = torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32))  # (T, L, 3) MediaPipe frame
-        world = world * torch.tensor([1.0, -1.0, -1.0])  # -> the model frame (y up, z towards the camera)
+        world = mediapipe_world_to_model(torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32)))
         norm = normalize_keypoints(xy, conf)
         parts = [predict_bodies(self.step_fn, self.decoder_fn, norm.keypoints[i:i + CHUNK], self.iterations)
                  for i in range(0, len(obs), CHUNK)]
