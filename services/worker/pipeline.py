@@ -80,7 +80,7 @@ class Pipeline:
     def warm_up(self) -> None:
         """Load the default models now rather than on the first job."""
         self.keypoint_stage(JobOptions().max_people)
-        self.body_stage()
+        self.body_stage().warm_up()
 
     def run(self, video_path: Path, options: JobOptions, ctx: StageContext, job_id: str | None = None,
             size_bytes: int | None = None) -> PipelineOutput:

@@ -23,7 +23,7 @@ import torch
 
 from kinemesh.models.backends.ort import OrtBackend
 from kinemesh.models.body.assets import load_body_model
-from kinemesh.models.camera import mediapipe_world_to_model, normalize_keypoints
+from kinemesh.models.camera import mediapipe_world_to_model, normalize_keypoints, weak_perspective
 from kinemesh.models.export.bundle import Bundle, BundleError, open_bundle
 from kinemesh.models.genhmr.decoding import BackendStepFn
 from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_rotations, predict_bodies
@@ -31,7 +31,14 @@ from kinemesh.models.genhmr.refine import RefineConfig, refine_track
 from kinemesh.models.registry import create_model
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.artifacts_glb import animated_mesh_glb
-from kinemesh.services.worker.stages.base import KeypointTracks, StageContext
+from kinemesh.services.worker.stages.base import (
+    ClipMeta,
+    KeypointTracks,
+    NullContext,
+    PoseObservation,
+    StageContext,
+    TrackedFrame,
+)
 
 STAGE = "body"
 CHUNK = 256  # frames per inference call (the graphs' Triton max batch size)
@@ -97,6 +104,22 @@ class BodyStage:
         self.layer.skeleton(torch.eye(3).expand(1, 24, 3, 3), torch.zeros(1, self.layer.config.num_shape),
                             torch.zeros(1, 3))  # build the skeleton bases now, not in the first job
         self._lock = threading.Lock()  # PyTorch refinement: one job at a time per stage
+
+    def warm_up(self, frames: int = 32) -> None:
+        """Run the whole stage once on a synthetic track (the rest pose, projected): the first call
+        of ONNX Runtime, the autograd graph and the mesh writers costs ~2 s that no job should pay."""
+        eye = torch.eye(3).expand(1, self.layer.config.num_joints, 3, 3)
+        with torch.no_grad():
+            _, lm = self.layer.skeleton(eye, torch.zeros(1, self.layer.config.num_shape), torch.zeros(1, 3))
+        xy = (weak_perspective(lm, torch.tensor([[300.0, 0.0, 0.0]]))[0] + 400.0).numpy()  # (L, 2) pixels
+        ones = np.ones(len(xy), np.float32)
+        obs = PoseObservation(landmarks_2d=xy.astype(np.float32), visibility=ones, presence=ones,
+                              world=np.zeros((len(xy), 3), np.float32),
+                              bbox=np.array([*xy.min(0), *xy.max(0)], np.float32), score=1.0)
+        meta = ClipMeta(width=800, height=800, rotation_deg=0, source_fps=30.0, target_fps=30.0,
+                        duration_s=frames / 30, source_frames=frames, codec="h264", container="mp4")
+        video = KeypointTracks(meta, [TrackedFrame(i, i / 30, [(0, obs)]) for i in range(frames)])
+        self.run(video, NullContext())
 
     @property
     def body_model_name(self) -> str:
