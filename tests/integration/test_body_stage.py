@@ -18,6 +18,7 @@ from kinemesh.models.genhmr.inference import predict_bodies
 from kinemesh.models.genhmr.refine import RefineConfig, refine_track
 from kinemesh.models.training.synth import generate
 from kinemesh.services.common.errors import ModelUnavailable
+from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyStage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,3 +100,13 @@ def test_refinement_lowers_its_objective_and_the_reprojection_error(stage: BodyS
     # one shape per track
     assert torch.equal(res.params.shape, res.params.shape[:1].expand_as(res.params.shape))
     assert np.isfinite(res.objective).all()
+
+
+@pytest.mark.parametrize("frames", [1, 2, 40])
+def test_tracks_of_any_length_give_bodies_and_a_mesh(stage: BodyStage, frames: int) -> None:
+    out = stage.run(stage.rest_pose_track(frames), NullContext())
+    (track,) = out.tracks
+    assert track.joints.shape == (frames, 24, 3) and np.isfinite(track.joints).all()
+    assert (track.joints[..., 2] < 0).all()  # in front of the camera
+    assert np.isfinite(track.reproj_after_px).all() and (track.reproj_after_px >= 0).all()
+    assert out.artifacts["mesh_track0.glb"][:4] == b"glTF" and "mesh.npz" in out.artifacts

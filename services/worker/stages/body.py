@@ -106,8 +106,12 @@ class BodyStage:
         self._lock = threading.Lock()  # PyTorch refinement: one job at a time per stage
 
     def warm_up(self, frames: int = 32) -> None:
-        """Run the whole stage once on a synthetic track (the rest pose, projected): the first call
-        of ONNX Runtime, the autograd graph and the mesh writers costs ~2 s that no job should pay."""
+        """Run the whole stage once on a synthetic track: the first call of ONNX Runtime, the
+        autograd graph and the mesh writers costs ~2 s that no job should pay."""
+        self.run(self.rest_pose_track(frames), NullContext())
+
+    def rest_pose_track(self, frames: int) -> KeypointTracks:
+        """A still person in the body model's rest pose, projected into an 800 x 800 frame."""
         eye = torch.eye(3).expand(1, self.layer.config.num_joints, 3, 3)
         with torch.no_grad():
             _, lm = self.layer.skeleton(eye, torch.zeros(1, self.layer.config.num_shape), torch.zeros(1, 3))
@@ -118,8 +122,7 @@ class BodyStage:
                               bbox=np.array([*xy.min(0), *xy.max(0)], np.float32), score=1.0)
         meta = ClipMeta(width=800, height=800, rotation_deg=0, source_fps=30.0, target_fps=30.0,
                         duration_s=frames / 30, source_frames=frames, codec="h264", container="mp4")
-        video = KeypointTracks(meta, [TrackedFrame(i, i / 30, [(0, obs)]) for i in range(frames)])
-        self.run(video, NullContext())
+        return KeypointTracks(meta, [TrackedFrame(i, i / 30, [(0, obs)]) for i in range(frames)])
 
     @property
     def body_model_name(self) -> str:
