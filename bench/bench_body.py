@@ -29,15 +29,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kinemesh.models.body.assets import load_body_model  # noqa: E402
-from kinemesh.models.export.bundle import load_trained, open_bundle  # noqa: E402
+from kinemesh.models.export.bundle import load_trained  # noqa: E402
 from kinemesh.models.genhmr import TorchStepFn  # noqa: E402
-from kinemesh.models.genhmr.inference import full_rotations, predict_bodies  # noqa: E402
+from kinemesh.models.genhmr.inference import predict_bodies  # noqa: E402
 from kinemesh.models.genhmr.refine import RefineConfig, refine_track  # noqa: E402
 from kinemesh.models.training.metrics import BODY_METRIC_JOINTS, mpjpe_mm, pa_mpjpe_mm  # noqa: E402
 from kinemesh.models.training.synth import generate  # noqa: E402
+from kinemesh.models.training.train_default import body_joints  # noqa: E402
+from kinemesh.services.common.media import MediaLimits  # noqa: E402
 
 VAR = REPO / "var"
+NO_LIMITS = MediaLimits(max_duration_s=1e9, max_pixels=1 << 40, max_side=1 << 20)  # benchmarks decode any clip
 HELD_OUT_SEED = 424242  # training used seeds 0 (train) and 1000 (validation)
 
 DESCRIPTIONS = {
@@ -65,13 +67,6 @@ DESCRIPTIONS = {
 }
 
 
-def _bundle():
-    bundle = open_bundle(VAR / "models" / "bundle" / "default")
-    m = bundle.manifest
-    layer = load_body_model(bundle.path(m["body_model"]["file"]), num_shape=m["body_model"]["shape_components"])
-    return bundle, layer
-
-
 def synthetic(stage, layer) -> dict[str, float]:
     data = generate(layer, 24, 30, seed=HELD_OUT_SEED, num_shape=layer.config.num_shape)
     gt = data.joints[:, list(BODY_METRIC_JOINTS)]
@@ -83,9 +78,8 @@ def synthetic(stage, layer) -> dict[str, float]:
         res = refine_track(layer, stage.tokenizer.decoder, stage.tokenizer.codebook.detach(), init, kp,
                            data.world[idx], stage.refine_config)
         for params, sink in ((init, before), (res.params, after)):
-            rot = full_rotations(params.body6d, params.orient6d)
             with torch.no_grad():
-                joints, _ = layer.skeleton(rot, params.shape, torch.zeros(len(idx), 3))
+                joints = body_joints(layer, params.body6d, params.orient6d, params.shape)
             sink.append(joints[:, list(BODY_METRIC_JOINTS)])
     b, a = torch.cat(before), torch.cat(after)
     return {
@@ -121,16 +115,14 @@ def _pair(a, b, max_lag: int = 8) -> tuple[float, float, int]:
 
 
 def real_clips(clips: dict[str, Path], model_dir: Path, stage) -> dict[str, float]:
-    from kinemesh.services.common.media import MediaLimits
     from kinemesh.services.worker.stages.base import NullContext
     from kinemesh.services.worker.stages.decode import DecodeStage
     from kinemesh.services.worker.stages.keypoints import KeypointStage
 
-    limits = MediaLimits(max_duration_s=1e9, max_pixels=1 << 40, max_side=1 << 20)
     views = {}
     with KeypointStage(model_dir, max_people=1) as kps:
         for cam in ("single_cam01", "single_cam02", "single_cam03", "single_cam04"):
-            views[cam] = kps.run(DecodeStage().open(clips[cam], 30.0, limits=limits), NullContext())
+            views[cam] = kps.run(DecodeStage().open(clips[cam], 30.0, limits=NO_LIMITS), NullContext())
     out: dict[str, float] = {}
     steps = stage.refine_config.steps
     for label, n in (("_unrefined", 0), ("", steps)):
@@ -159,7 +151,7 @@ def _throughput(fn, batch: int, seconds: float = 1.5) -> float:
     return n * batch / (time.perf_counter() - t0)
 
 
-def speed(bundle, stage, layer, clips: dict[str, Path], model_dir: Path, tmp: Path) -> dict[str, float]:
+def speed(stage, layer, clips: dict[str, Path], model_dir: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     _, model, _ = load_trained(REPO / "models" / "weights" / "default")
     eager = TorchStepFn(model)
@@ -179,13 +171,11 @@ def speed(bundle, stage, layer, clips: dict[str, Path], model_dir: Path, tmp: Pa
     refine_track(*args, stage.refine_config)
     out["refine_ms_per_frame"] = round((time.perf_counter() - t0) * 1000 / 300, 2)
 
-    from kinemesh.services.common.media import MediaLimits
     from kinemesh.services.worker.stages.base import DecodedVideo, NullContext
     from kinemesh.services.worker.stages.decode import DecodeStage
     from kinemesh.services.worker.stages.keypoints import KeypointStage
 
-    limits = MediaLimits(max_duration_s=1e9, max_pixels=1 << 40, max_side=1 << 20)
-    video = DecodeStage().open(clips["single_cam01"], 30.0, limits=limits)
+    video = DecodeStage().open(clips["single_cam01"], 30.0, limits=NO_LIMITS)
     frames = [b for b in video.batches()]
     images = np.concatenate([b.images for b in frames])  # (50, H, W, 3)
     loop = np.concatenate([images, images[::-1]] * 3)[:300]  # 10 s at 30 fps
@@ -214,30 +204,28 @@ def speed(bundle, stage, layer, clips: dict[str, Path], model_dir: Path, tmp: Pa
     return out
 
 
-def body_figures(model_dir: Path, clips: dict[str, Path], tmp: Path) -> dict[str, float]:
+def body_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, float]:
     from kinemesh.services.worker.stages.body import BodyStage
 
     torch.manual_seed(0)
-    bundle, layer = _bundle()
-    stage = BodyStage(bundle.root)
+    stage = BodyStage(VAR / "models" / "bundle" / "default")
+    layer = stage.layer
     results: dict[str, float] = {}
     print("body: synthetic held-out set ...", flush=True)
     results.update(synthetic(stage, layer))
     print("body: real clips, four views ...", flush=True)
     results.update(real_clips(clips, model_dir, stage))
     print("body: speed ...", flush=True)
-    results.update(speed(bundle, stage, layer, clips, model_dir, tmp))
+    results.update(speed(stage, layer, clips, model_dir))
     return results
 
 
 def main() -> int:
-    import tempfile
-
     from bench.run import write_markdown
     from kinemesh.models.assets.pose2sim_clips import ensure_demo_clips
 
     clips = ensure_demo_clips(VAR / "cache" / "pose2sim")
-    results = body_figures(VAR / "models", clips, Path(tempfile.mkdtemp(prefix="kinemesh-bench-body-")))
+    results = body_figures(VAR / "models", clips)
     path = REPO / "bench" / "results.json"
     merged = {**json.loads(path.read_text()), **results} if path.exists() else results
     path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")

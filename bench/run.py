@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_body import DESCRIPTIONS as BODY_DESCRIPTIONS  # noqa: E402
-from bench.bench_body import body_figures  # noqa: E402
+from bench.bench_body import NO_LIMITS, body_figures  # noqa: E402
 from bench.bench_decode import decode_fps  # noqa: E402
 from kinemesh.models.assets.mediapipe_pose import build  # noqa: E402
 from kinemesh.models.assets.pose2sim_clips import ensure_demo_clips  # noqa: E402
@@ -39,13 +39,11 @@ COMMAND = "make bench"
 
 def keypoints_fps(clip: Path, model_dir: Path) -> float:
     """Landmarker + tracker throughput on frames already decoded (decode measured separately)."""
-    from kinemesh.services.common.media import MediaLimits
     from kinemesh.services.worker.stages.base import DecodedVideo, NullContext
     from kinemesh.services.worker.stages.decode import DecodeStage
     from kinemesh.services.worker.stages.keypoints import KeypointStage
 
-    limits = MediaLimits(max_duration_s=1e9, max_pixels=1 << 40, max_side=1 << 20)
-    video = DecodeStage().open(clip, None, limits=limits)
+    video = DecodeStage().open(clip, None, limits=NO_LIMITS)
     batches = list(video.batches())
     cached = DecodedVideo(meta=video.meta, batches=lambda: iter(batches))
     with KeypointStage(model_dir, max_people=1) as stage:
@@ -172,10 +170,8 @@ def main() -> int:
         stack.stop()
         if private:
             private.stop()
-    try:
-        results.update(body_figures(VAR / "models", clips, tmp))
-    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    results.update(body_figures(VAR / "models", clips))
 
     (REPO / "bench" / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     write_markdown(results)

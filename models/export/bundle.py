@@ -64,14 +64,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def load_weights(preset: str, overrides: dict[str, Any], state_dict: Path) -> torch.nn.Module:
+    """A registered model with a saved state dict loaded, in eval mode."""
+    model = create_model(preset, **overrides)
+    model.load_state_dict(torch.load(state_dict, weights_only=True))
+    return model.eval()
+
+
 def load_trained(weights: Path) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
     """The tokenizer and transformer from a weights folder (state dicts + record.json)."""
     record = json.loads((weights / "record.json").read_text())
-    tok = create_model(record["tokenizer"]["preset"], **record["tokenizer"]["overrides"])
-    tok.load_state_dict(torch.load(weights / "pose_tokenizer.pt", weights_only=True))
-    model = create_model(record["transformer"]["preset"], **record["transformer"]["overrides"])
-    model.load_state_dict(torch.load(weights / "genhmr_keypoints.pt", weights_only=True))
-    return tok.eval(), model.eval(), record
+    tok = load_weights(record["tokenizer"]["preset"], record["tokenizer"]["overrides"], weights / "pose_tokenizer.pt")
+    model = load_weights(record["transformer"]["preset"], record["transformer"]["overrides"],
+                         weights / "genhmr_keypoints.pt")
+    return tok, model, record
 
 
 def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", version: str = "1") -> dict[str, Any]:
@@ -153,6 +159,11 @@ class Bundle:
             return self.root / self.manifest["graphs"][graph]["file"]
         except KeyError:
             raise BundleError(f"bundle {self.root} has no graph {graph!r}") from None
+
+    def load_tokenizer(self) -> torch.nn.Module:
+        """The PyTorch tokenizer the refinement needs (its decoder and codebook)."""
+        entry = self.manifest["torch"]["pose_tokenizer"]
+        return load_weights(entry["preset"], entry["overrides"], self.path(entry["file"]))
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.manifest["name"], "version": self.manifest["version"],

@@ -153,7 +153,7 @@ def refine_track(
         return e + c.w_shape * shape.pow(2).sum()
 
     with torch.no_grad():  # "before": the decoded bodies as they are, with the transformer's own camera
-        rot0 = full_rotations(decoder(codebook[init.token_ids]), init.orient6d)
+        rot0 = full_rotations(init.body6d, init.orient6d)
         _, lm0 = layer.skeleton(rot0, init.shape, keypoints.new_zeros(T, 3))
         before = reprojection_error(lm0, init.camera, keypoints, c.min_confidence)
     if c.steps == 0:

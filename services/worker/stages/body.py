@@ -28,7 +28,6 @@ from kinemesh.models.export.bundle import Bundle, BundleError, open_bundle
 from kinemesh.models.genhmr.decoding import BackendStepFn
 from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_rotations, predict_bodies
 from kinemesh.models.genhmr.refine import RefineConfig, refine_track
-from kinemesh.models.registry import create_model
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.artifacts_glb import animated_mesh_glb
 from kinemesh.services.worker.stages.base import (
@@ -95,10 +94,7 @@ class BodyStage:
         step_cfg = m["graphs"]["genhmr_step"]["config"]
         self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"], step_cfg["codebook_size"])
         self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
-        tok_entry = m["torch"]["pose_tokenizer"]
-        self.tokenizer = create_model(tok_entry["preset"], **tok_entry["overrides"])
-        self.tokenizer.load_state_dict(torch.load(self.bundle.path(tok_entry["file"]), weights_only=True))
-        self.tokenizer.eval()
+        self.tokenizer = self.bundle.load_tokenizer()
         self.layer = load_body_model(self.bundle.path(m["body_model"]["file"]),
                                      num_shape=m["body_model"]["shape_components"])
         self.layer.skeleton(torch.eye(3).expand(1, 24, 3, 3), torch.zeros(1, self.layer.config.num_shape),
