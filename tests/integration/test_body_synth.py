@@ -47,8 +47,11 @@ def test_skeleton_path_equals_the_full_mesh_forward(layer) -> None:
     shape, transl = torch.randn(3, 10, generator=g), torch.randn(3, 3, generator=g)
     full = layer(rot, shape, transl)
     joints, landmarks = layer.skeleton(rot, shape, transl)
-    assert torch.allclose(joints, full.joints, atol=1e-5)
-    assert torch.allclose(landmarks, full.landmarks, atol=1e-5)
+    # float32: the skeleton path sums the landmark regressor folded through the skin weights, the
+    # mesh path sums posed vertices; the orders differ, so agreement is to ~1e-5 m, not bit for bit
+    # (the worst landmark differed by 3.9e-5 m, 0.04 mm, with one build of the body file)
+    assert torch.allclose(joints, full.joints, atol=1e-4)
+    assert torch.allclose(landmarks, full.landmarks, atol=1e-4)
 
 
 def test_anatomical_angles_move_limbs_the_anatomical_way(layer) -> None:
