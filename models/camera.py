@@ -85,3 +85,72 @@ def fit_weak_perspective(points: Tensor, uv: Tensor, weights: Tensor | None = No
     bx = mean(u) - s * mean(X)
     by = mean(v) + s * mean(Y)
     return torch.stack([s, bx / s, by / s], -1)
+
+
+# -- full perspective --------------------------------------------------------------------------------
+#
+# A pinhole camera with focal length f and principal point (px, py) in pixels, seen in a person box
+# (centre c, half-side h): f_box = f / h and the principal point (p - c) / h in box units. A model
+# point P placed at translation t = (tx, ty, tz) (camera frame, tz < 0: in front of the camera) lands
+# at  u = f_box (P_x + tx) / d + p_u,  v = -f_box (P_y + ty) / d + p_v,  with depth d = -(P_z + tz).
+# Weak perspective is its limit for a body thin compared with its distance; for a camera 2-3 m away
+# and looking down, the head is ~25 % nearer than the feet, which only this model explains.
+
+
+def box_intrinsics(focal_px: Tensor | float, principal_px: Tensor, center: Tensor, half: Tensor) -> Tensor:
+    """Pinhole intrinsics in person-box units (..., 3) = (f_box, p_u, p_v).
+
+    focal_px scalar or (...); principal_px (2,) or (..., 2) pixels; center (..., 2) and half (...) the box.
+    """
+    f = torch.as_tensor(focal_px, dtype=center.dtype).expand_as(half) / half  # (...)
+    p = (principal_px.to(center.dtype) - center) / half[..., None]  # (..., 2)
+    return torch.cat([f[..., None], p], -1)
+
+
+def perspective(points: Tensor, translation: Tensor, intrinsics: Tensor, min_depth: float = 0.05) -> Tensor:
+    """Model points (..., L, 3), translation (..., 3), box intrinsics (..., 3) -> box coordinates (..., L, 2)."""
+    cam = points + translation[..., None, :]  # (..., L, 3) camera frame
+    depth = (-cam[..., 2]).clamp_min(min_depth)  # (..., L)
+    f, pu, pv = intrinsics[..., 0:1], intrinsics[..., 1:2], intrinsics[..., 2:3]
+    return torch.stack([f * cam[..., 0] / depth + pu, -f * cam[..., 1] / depth + pv], -1)
+
+
+def fit_perspective_translation(points: Tensor, uv: Tensor, intrinsics: Tensor, weights: Tensor | None = None,
+                                iterations: int = 2) -> Tensor:
+    """Least-squares translation (..., 3) placing points (..., L, 3) onto uv (..., L, 2) (box units).
+
+    With the rotation known (the points are already in the camera's orientation) the projection
+    equations are linear in t: for depth d = -(P_z + t_z),
+        f t_x + u' t_z = -f P_x - u' P_z     and     f t_y - v' t_z = -f P_y + v' P_z
+    (u' = u - p_u, v' = v - p_v). Their residual is the image residual times d, so each landmark's
+    equation is divided by its depth at the previous estimate (started from the weak-perspective
+    fit) and the system re-solved: `iterations` reweighted solves, differentiable throughout.
+    """
+    w = torch.ones_like(uv[..., 0]) if weights is None else weights  # (..., L)
+    f, pu, pv = intrinsics[..., 0:1], intrinsics[..., 1:2], intrinsics[..., 2:3]  # (..., 1)
+    X, Y, Z = points[..., 0], points[..., 1], points[..., 2]  # (..., L)
+    u, v = uv[..., 0] - pu, uv[..., 1] - pv
+    weak = fit_weak_perspective(points, uv, w)  # (..., 3): s = f / d for a first depth
+    tz = -(f[..., 0] / weak[..., 0])  # (...)
+    zero, fs = torch.zeros_like(u), f.expand_as(u)
+    # rows (..., 2L, 3) and right-hand sides (..., 2L)
+    A = torch.cat([torch.stack([fs, zero, u], -1), torch.stack([zero, fs, -v], -1)], -2)
+    y = torch.cat([-f * X - u * Z, -f * Y + v * Z], -1)
+    eye = torch.eye(3, dtype=points.dtype)
+    for _ in range(max(1, iterations)):
+        depth = (-(Z + tz[..., None])).clamp_min(0.05)  # (..., L)
+        r = (w / depth**2).repeat(*([1] * (w.dim() - 1)), 2)  # (..., 2L) squared-residual weights
+        M = (A * r[..., None]).transpose(-1, -2) @ A + 1e-9 * eye  # (..., 3, 3)
+        b = ((A * r[..., None]).transpose(-1, -2) @ y[..., None])[..., 0]  # (..., 3)
+        t = torch.linalg.solve(M, b)
+        tz = t[..., 2]
+    return t
+
+
+def perspective_to_weak(translation: Tensor, intrinsics: Tensor) -> Tensor:
+    """The weak-perspective camera (..., 3) = (s, tx, ty) that matches a perspective placement at the
+    model origin's depth: s = f_box / d, and the principal point folded into the offsets."""
+    d = (-translation[..., 2]).clamp_min(1e-3)
+    f, pu, pv = intrinsics[..., 0], intrinsics[..., 1], intrinsics[..., 2]
+    s = f / d
+    return torch.stack([s, translation[..., 0] + pu / s, -translation[..., 1] + pv / s], -1)

@@ -1,4 +1,4 @@
-"""Person-box normalisation and the weak-perspective camera (models/camera.py)."""
+"""Person-box normalisation, the weak-perspective and the pinhole camera (models/camera.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import torch
 
 from kinemesh.models.camera import (
     BOX_MARGIN,
+    box_intrinsics,
+    fit_perspective_translation,
     fit_weak_perspective,
     mediapipe_world_to_model,
     normalize_keypoints,
+    perspective,
+    perspective_to_weak,
     weak_perspective,
 )
 
@@ -52,3 +56,54 @@ def test_mediapipe_world_maps_to_the_model_frame() -> None:
     out = mediapipe_world_to_model(mp)
     assert out.dtype == np.float32 and np.allclose(out, [[0.1, 0.5, -0.2]])
     assert torch.equal(mediapipe_world_to_model(torch.from_numpy(mp)), torch.from_numpy(out))
+
+
+def _pinhole_pixels(points: torch.Tensor, translation: torch.Tensor, focal: float, principal: torch.Tensor):
+    """Reference projection in pixels, written out: camera at the origin looking down -Z, y down."""
+    cam = points + translation[:, None]
+    depth = -cam[..., 2]
+    return torch.stack([focal * cam[..., 0] / depth + principal[0], -focal * cam[..., 1] / depth + principal[1]], -1)
+
+
+def _scene(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    points = torch.randn(6, 33, 3, generator=g) * 0.4  # a body-sized cloud
+    translation = torch.stack([torch.randn(6, generator=g) * 0.5, torch.randn(6, generator=g) * 0.5,
+                               -(2.0 + 4.0 * torch.rand(6, generator=g))], -1)  # 2-6 m in front
+    principal = torch.tensor([540.0, 960.0])
+    px = _pinhole_pixels(points, translation, 1500.0, principal)
+    norm = normalize_keypoints(px, torch.ones(6, 33))
+    return points, translation, principal, px, norm
+
+
+def test_perspective_in_box_units_is_the_pinhole_projection_normalised() -> None:
+    points, translation, principal, px, norm = _scene(3)
+    intr = box_intrinsics(1500.0, principal, norm.center, norm.half)
+    assert torch.allclose(perspective(points, translation, intr), norm.keypoints[..., :2], atol=1e-5)
+
+
+def test_perspective_translation_fit_recovers_the_placement() -> None:
+    points, translation, principal, _, norm = _scene(4)
+    intr = box_intrinsics(1500.0, principal, norm.center, norm.half)
+    fitted = fit_perspective_translation(points, norm.keypoints[..., :2], intr)
+    assert torch.allclose(fitted, translation, atol=1e-3)
+    # unconfident landmarks do not count: corrupt some and give them zero weight
+    uv = norm.keypoints[..., :2].clone()
+    uv[:, :5] += 0.5
+    weights = torch.ones(6, 33)
+    weights[:, :5] = 0.0
+    assert torch.allclose(fit_perspective_translation(points, uv, intr, weights), translation, atol=1e-3)
+    # and the weak-perspective fit cannot explain a near body's projection as well
+    weak = fit_weak_perspective(points, norm.keypoints[..., :2])
+    weak_err = (weak_perspective(points, weak) - norm.keypoints[..., :2]).norm(dim=-1).mean()
+    persp_err = (perspective(points, fitted, intr) - norm.keypoints[..., :2]).norm(dim=-1).mean()
+    assert persp_err < 1e-4 < weak_err
+
+
+def test_perspective_to_weak_agrees_at_the_model_origin() -> None:
+    points, translation, principal, _, norm = _scene(5)
+    intr = box_intrinsics(1500.0, principal, norm.center, norm.half)
+    weak = perspective_to_weak(translation, intr)
+    origin = torch.zeros(6, 1, 3)
+    assert torch.allclose(weak_perspective(origin, weak), perspective(origin, translation, intr), atol=1e-5)
+    assert torch.allclose(weak[:, 0], intr[:, 0] / -translation[:, 2])  # s = f / depth
