@@ -45,6 +45,7 @@ OCCLUSION_GROUPS = (
     tuple(range(11)),  # the face
 )
 HIP_LANDMARKS = (23, 24)
+FOCAL_PX = 1000.0  # the synthetic pinhole camera's focal length (principal point at the image origin)
 
 
 def arm_rest(layer: BodyLayer) -> ArmRest:
@@ -70,6 +71,7 @@ class SyntheticFrames:
     camera: Tensor  # (P, 3) weak-perspective target fitted to the noise-free projections
     world: Tensor  # (P, L, 3) MediaPipe-like world landmarks (hip-centred, noisy)
     box_half: Tensor  # (P,) box half-side in pixels (for pixel errors)
+    box_center: Tensor  # (P, 2) box centre in pixels (the principal point is at 0, the focal length FOCAL_PX)
     sequence: Tensor  # (P,) int64 sequence id
     frame: Tensor  # (P,) int64 frame index within the sequence
 
@@ -140,7 +142,7 @@ def generate(
     pelvis = joints_t[:, :1]  # (P, 1, 3)
     place = torch.from_numpy(np.concatenate([off_axis, -distance[:, None]], 1))[seq_of][:, None]  # (P, 1, 3)
     cam_pts = lm_t - pelvis + place  # (P, L, 3)
-    focal = 1000.0
+    focal = FOCAL_PX
     px = focal * cam_pts[..., 0] / -cam_pts[..., 2]
     py = -focal * cam_pts[..., 1] / -cam_pts[..., 2]
     clean_px = torch.stack([px, py], -1)  # (P, L, 2) pixels, y down
@@ -183,5 +185,5 @@ def generate(
     return SyntheticFrames(
         rotations=rotations, body6d=body6d, orient6d=matrix_to_rot6d(rotations[:, 0]), shape=shape_p,
         joints=joints_t, landmarks=lm_t, keypoints=norm.keypoints, keypoints_clean=clean_uv, camera=camera,
-        world=world, box_half=norm.half, sequence=seq_of, frame=torch.arange(frames).repeat(sequences),
+        world=world, box_half=norm.half, box_center=norm.center, sequence=seq_of, frame=torch.arange(frames).repeat(sequences),
     )

@@ -166,7 +166,8 @@ class BodyFrame(_Doc):
     body_pose: list[Vec3] = Field(..., min_length=21, max_length=21,
                                   description="Axis-angle (radians) of the 21 body joints below the root, "
                                   "parent-relative, in the order of body_model.joint_names[1:22].")
-    camera: Vec3 = Field(..., description="Weak-perspective camera (s, tx, ty) in person-box units.")
+    camera: Vec3 = Field(..., description="Weak-perspective camera (s, tx, ty) in person-box units; after "
+                         "refinement the one equivalent to the pinhole placement at the root's depth.")
     translation: Vec3 = Field(..., description="Root translation in the camera frame, metres.")
     joints_3d: list[Vec3] = Field(..., min_length=24, max_length=24,
                                   description="The 24 body-model joints in the camera frame, metres.")

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from kinemesh.models.backends.ort import OrtBackend
+from kinemesh.models.camera import box_intrinsics, fit_perspective_translation
 from kinemesh.models.export.bundle import BundleError, load_trained, open_bundle
 from kinemesh.models.export.triton import parse_pbtxt
 from kinemesh.models.genhmr import BackendStepFn, TorchStepFn, masked_decode
-from kinemesh.models.genhmr.inference import predict_bodies
-from kinemesh.models.genhmr.refine import RefineConfig, refine_track
-from kinemesh.models.training.synth import generate
+from kinemesh.models.genhmr.inference import full_rotations, predict_bodies
+from kinemesh.models.genhmr.refine import RefineConfig, bone_lengths, refine_track, track_bone_lengths
+from kinemesh.models.training.synth import FOCAL_PX, generate
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyStage
@@ -102,6 +103,40 @@ def test_refinement_lowers_its_objective_and_the_reprojection_error(stage: BodyS
     assert np.isfinite(res.objective).all()
 
 
+def test_perspective_refinement_gives_a_metric_body_and_its_placement(stage: BodyStage) -> None:
+    """With the camera's intrinsics and world landmarks, the refined body takes the world landmarks'
+    segment lengths (its size) and the solved translation puts it at the true distance."""
+    layer = stage.layer
+    data = generate(layer, 1, 30, seed=32, num_shape=layer.config.num_shape)
+    intr = box_intrinsics(FOCAL_PX, torch.zeros(2), data.box_center, data.box_half)  # (T, 3)
+    init = predict_bodies(stage.step_fn, stage.decoder_fn, data.keypoints, stage.iterations)
+    args = (layer, stage.tokenizer.decoder, stage.tokenizer.codebook.detach(), init, data.keypoints, data.world)
+    res = refine_track(*args, RefineConfig(), intrinsics=intr)
+    assert res.translation is not None and res.translation.shape == (30, 3)
+    truth = fit_perspective_translation(data.landmarks, data.keypoints_clean, intr)  # exact (unit test)
+    depth_ratio = res.translation[:, 2] / truth[:, 2]
+    assert ((depth_ratio > 0.8) & (depth_ratio < 1.25)).all(), depth_ratio
+
+    def lengths(params) -> torch.Tensor:
+        with torch.no_grad():
+            _, lm = layer.skeleton(full_rotations(params.body6d, params.orient6d), params.shape, torch.zeros(30, 3))
+        return bone_lengths(lm).mean(0)  # (M,)
+
+    target, seen = track_bone_lengths(data.world, data.keypoints[..., 2])
+    assert seen.all()
+    before = (lengths(init) - target).abs().mean()
+    after = (lengths(res.params) - target).abs().mean()
+    assert after < before, (float(before), float(after))
+    # the size follows the world landmarks: a 30 % larger person in them gives a larger body
+    big = refine_track(*args[:-1], data.world * 1.3, RefineConfig(), intrinsics=intr)
+    growth = lengths(big.params).sum() / lengths(res.params).sum()
+    assert 1.15 < growth < 1.45, float(growth)
+    assert (big.translation[:, 2] < res.translation[:, 2]).all()  # and, seen the same size, farther away
+    # without intrinsics: the weak-perspective camera, no placement
+    weak = refine_track(*args, RefineConfig(steps=3))
+    assert weak.translation is None and weak.params.camera.shape == (30, 3)
+
+
 @pytest.mark.parametrize("frames", [1, 2, 40])
 def test_tracks_of_any_length_give_bodies_and_a_mesh(stage: BodyStage, frames: int) -> None:
     out = stage.run(stage.rest_pose_track(frames), NullContext())
@@ -110,3 +145,10 @@ def test_tracks_of_any_length_give_bodies_and_a_mesh(stage: BodyStage, frames: i
     assert (track.joints[..., 2] < 0).all()  # in front of the camera
     assert np.isfinite(track.reproj_after_px).all() and (track.reproj_after_px >= 0).all()
     assert out.artifacts["mesh_track0.glb"][:4] == b"glTF" and "mesh.npz" in out.artifacts
+
+
+def test_keyframe_stride_follows_the_frame_rate_and_needs_refinement(bundle_dir: Path) -> None:
+    stage = BodyStage(bundle_dir)
+    assert [stage.decode_stride(fps) for fps in (10.0, 30.0, 60.0)] == [1, 2, 4]
+    assert BodyStage(bundle_dir, RefineConfig(steps=0)).decode_stride(60.0) == 1  # no refinement: every frame
+    assert BodyStage(bundle_dir, decode_rate_hz=0).decode_stride(60.0) == 1

@@ -23,10 +23,15 @@ import torch
 
 from kinemesh.models.backends.ort import OrtBackend
 from kinemesh.models.body.assets import load_body_model
-from kinemesh.models.camera import mediapipe_world_to_model, normalize_keypoints, weak_perspective
+from kinemesh.models.camera import (
+    box_intrinsics,
+    mediapipe_world_to_model,
+    normalize_keypoints,
+    weak_perspective,
+)
 from kinemesh.models.export.bundle import Bundle, BundleError, open_bundle
 from kinemesh.models.genhmr.decoding import BackendStepFn
-from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_rotations, predict_bodies
+from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_rotations, predict_track
 from kinemesh.models.genhmr.refine import RefineConfig, refine_track
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.artifacts_glb import animated_mesh_glb
@@ -40,7 +45,8 @@ from kinemesh.services.worker.stages.base import (
 )
 
 STAGE = "body"
-CHUNK = 256  # frames per inference call (the graphs' Triton max batch size)
+CHUNK = 256  # frames decoded together (the graphs' Triton max batch size)
+CPU_STEP_BATCH = 32  # on a CPU the step graph runs in calls of this many frames (see BackendStepFn)
 REFINE_WINDOW = 600  # frames refined together; longer tracks are refined window by window
 NPZ_VERTEX_FRAMES = 150  # posed vertices go into the NPZ for tracks up to this many frames (5 s at 30 fps);
 # every track gets its node transforms, from which any frame's vertices follow (see `_artifacts`)
@@ -76,7 +82,7 @@ class BodyStage:
     name = STAGE
 
     def __init__(self, bundle_dir: Path | str, refine: RefineConfig | None = None, iterations: int | None = None,
-                 backend: OrtBackend | None = None, threads: int = 0) -> None:
+                 backend: OrtBackend | None = None, threads: int = 0, decode_rate_hz: float = 15.0) -> None:
         try:
             self.bundle: Bundle = open_bundle(bundle_dir)
         except BundleError as exc:
@@ -87,12 +93,17 @@ class BodyStage:
             raise ModelUnavailable(f"bundle {self.bundle.root} has untrained graphs {untrained}; "
                                    "load a trained checkpoint before serving it")
         self.refine_config = refine or RefineConfig()
+        # With refinement on, tokens are decoded for keyframes at about this rate and the frames
+        # between start from the nearest keyframe (see `predict_track`); without it, every frame.
+        self.decode_rate_hz = decode_rate_hz
         self.iterations = iterations or m["decoding"]["iterations"]
         self.backend = backend or OrtBackend(intra_op_threads=threads)
         for graph in ("genhmr_step", "tokenizer_decode"):
             self.backend.load(graph, self.bundle.graph_path(graph))
         step_cfg = m["graphs"]["genhmr_step"]["config"]
-        self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"], step_cfg["codebook_size"])
+        on_cpu = getattr(self.backend, "providers", ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
+        self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"], step_cfg["codebook_size"],
+                                     max_batch=CPU_STEP_BATCH if on_cpu else None)
         self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
         self.tokenizer = self.bundle.load_tokenizer()
         self.layer = load_body_model(self.bundle.path(m["body_model"]["file"]),
@@ -136,30 +147,39 @@ class BodyStage:
         out: list[TrackBodies] = []
         for tid, rows in sorted(per_track.items()):
             ctx.check_cancelled()
-            body = self._track(tid, rows, meta.width, meta.height, focal)
+            body = self._track(tid, rows, meta.width, meta.height, focal, meta.target_fps)
             out.append(body)
             done += len(rows)
             ctx.progress(STAGE, done / total)
         artifacts = self._artifacts(out, focal) if meshes and out else {}
         return BodyResult(out, focal, artifacts)
 
-    def _track(self, tid: int, rows: list, width: int, height: int, focal: float) -> TrackBodies:
+    def decode_stride(self, fps: float) -> int:
+        """Frames per decoded keyframe: 1 without refinement (every frame is decoded), else the
+        track's frame rate over `decode_rate_hz`, rounded (2 at 30 fps, 4 at 60 fps)."""
+        if self.refine_config.steps == 0 or self.decode_rate_hz <= 0 or fps <= 0:
+            return 1
+        return max(1, round(fps / self.decode_rate_hz))
+
+    def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float) -> TrackBodies:
         obs = [r[2] for r in rows]
         xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32))  # (T, L, 2)
         conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32))  # (T, L)
         world = mediapipe_world_to_model(torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32)))
         norm = normalize_keypoints(xy, conf)
-        parts = [predict_bodies(self.step_fn, self.decoder_fn, norm.keypoints[i:i + CHUNK], self.iterations)
-                 for i in range(0, len(obs), CHUNK)]
-        init = BodyParams(*(torch.cat(t) for t in zip(*parts, strict=True)))
-        refined, before, after = [], [], []
+        init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
+                             stride=self.decode_stride(fps), chunk=CHUNK)
+        # pinhole camera: focal = the frame's longer side (about a 53 degree field of view), centred
+        intr = box_intrinsics(focal, torch.tensor([width / 2, height / 2]), norm.center, norm.half)  # (T, 3)
+        refined, placed, before, after = [], [], [], []
         with self._lock:
             for i in range(0, len(obs), REFINE_WINDOW):
                 sl = slice(i, i + REFINE_WINDOW)
                 res = refine_track(self.layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
                                    BodyParams(*(t[sl] for t in init)), norm.keypoints[sl], world[sl],
-                                   self.refine_config)
+                                   self.refine_config, intrinsics=intr[sl])
                 refined.append(res.params)
+                placed.append(res.translation)
                 before.append(res.reproj_before)
                 after.append(res.reproj_after)
         p = BodyParams(*(torch.cat(t) for t in zip(*refined, strict=True)))
@@ -167,13 +187,16 @@ class BodyStage:
         rot = full_rotations(p.body6d, p.orient6d)  # (T, J, 3, 3)
         with torch.no_grad():
             joints, _ = self.layer.skeleton(rot, shape.expand(len(obs), -1), torch.zeros(len(obs), 3))
-        s, tx, ty = p.camera[:, 0].clamp_min(1e-3), p.camera[:, 1], p.camera[:, 2]
-        px_per_m = s * norm.half  # (T,) pixels per metre at the person's depth
-        transl = torch.stack([
-            tx + (norm.center[:, 0] - width / 2) / px_per_m,
-            -ty - (norm.center[:, 1] - height / 2) / px_per_m,
-            -focal / px_per_m,
-        ], -1)  # (T, 3)
+        if all(t is not None for t in placed):  # refined in perspective: the solved placement
+            transl = torch.cat(placed)  # (T, 3)
+        else:  # unrefined: place the weak-perspective camera at the depth its scale implies
+            s, tx, ty = p.camera[:, 0].clamp_min(1e-3), p.camera[:, 1], p.camera[:, 2]
+            px_per_m = s * norm.half  # (T,) pixels per metre at the person's depth
+            transl = torch.stack([
+                tx + (norm.center[:, 0] - width / 2) / px_per_m,
+                -ty - (norm.center[:, 1] - height / 2) / px_per_m,
+                -focal / px_per_m,
+            ], -1)  # (T, 3)
         half = norm.half.numpy()
         bboxes = np.stack([o.bbox for o in obs])
         return TrackBodies(
