@@ -64,6 +64,25 @@ def predict_bodies(step_fn: StepFn, decoder: Any, keypoints: ArrayLike, iteratio
     return BodyParams(res.token_ids, res.confidences, body6d, res.orient, res.shape, res.camera)
 
 
+def predict_track(step_fn: StepFn, decoder: Any, keypoints: Tensor, iterations: int = 5, stride: int = 1,
+                  chunk: int = 256) -> BodyParams:
+    """Decode one track's frames (T, L, 3): every `stride`-th frame and the last one through
+    `predict_bodies` (in chunks of `chunk` frames); the frames between take the nearest decoded
+    frame's parameters. The refinement starts from a temporally smoothed copy and fits every frame
+    to its own keypoints, so at stride 2 (30 fps) it loses little and the decoding halves."""
+    if stride < 1:
+        raise ValueError("stride must be at least 1")
+    T = keypoints.shape[0]
+    keys = torch.unique(torch.cat([torch.arange(0, T, stride), torch.tensor([T - 1])]))  # (K,)
+    parts = [predict_bodies(step_fn, decoder, keypoints[keys[i:i + chunk]], iterations)
+             for i in range(0, len(keys), chunk)]
+    decoded = BodyParams(*(torch.cat(t) for t in zip(*parts, strict=True)))
+    if len(keys) == T:
+        return decoded
+    nearest = (torch.arange(T)[:, None] - keys[None, :]).abs().argmin(1)  # (T,) index into keys
+    return BodyParams(*(t[nearest] for t in decoded))
+
+
 def full_rotations(body6d: Tensor, orient6d: Tensor) -> Tensor:
     """Root (B, 6) + 21 body joints (B, 21, 6) -> (B, 24, 3, 3), the two hand joints at rest."""
     B = body6d.shape[0]

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
                         "or a path to a bundle folder.")
     refine_steps: int = Field(20, ge=0, le=200, description="2D-informed refinement steps per track (0 = off).")
     inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
+    decode_rate_hz: float = Field(15.0, ge=0, description="With refinement on, pose tokens are decoded for "
+                                  "keyframes at about this rate and refinement fits every frame; 0 = every frame.")
     job_ttl_s: int = Field(7 * 24 * 3600, description="How long job records and results are kept.")
     video_retention_s: int = Field(24 * 3600, description="Raw uploads are deleted this long after the job ends.")
     job_time_limit_s: int = Field(3600, description="Hard limit for one job; the visibility timeout is above it.")

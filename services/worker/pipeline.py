@@ -59,7 +59,8 @@ class Pipeline:
     def body_stage(self) -> BodyStage:
         if self._body is None:
             self._body = BodyStage(self.settings.bundle_dir, RefineConfig(steps=self.settings.refine_steps),
-                                   threads=self.settings.inference_threads)
+                                   threads=self.settings.inference_threads,
+                                   decode_rate_hz=self.settings.decode_rate_hz)
         return self._body
 
     @staticmethod

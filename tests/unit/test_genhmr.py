@@ -229,3 +229,39 @@ def test_loss_without_targets_or_image() -> None:
     assert torch.isfinite(out.total) and float(out.shape) == 0 and float(out.camera) == 0 and float(out.orient) == 0
     out.total.backward()
     assert m.token_embed.weight.grad is not None
+
+
+def test_confidence_is_the_softmax_probability_of_the_picked_token() -> None:
+    m = _model(**TINY)
+    with torch.no_grad():
+        m.token_head.weight.mul_(20.0)
+    K, N = TINY["codebook_size"], TINY["num_tokens"]
+    kp = _keypoints(3, seed=4)
+    res = masked_decode(TorchStepFn(m), kp)
+    with torch.no_grad():
+        logits = m.step(torch.full((3, N), K), kp).logits  # the first iteration's input: all [MASK]
+    probs = logits.softmax(-1)
+    first = res.history[0].token_ids != K  # the tokens fixed at the first iteration
+    expected = probs.max(-1).values[first]
+    assert torch.allclose(res.history[0].confidences[first], expected, atol=1e-6)
+    assert torch.equal(res.history[0].token_ids[first], probs.argmax(-1)[first])
+
+
+def test_predict_track_decodes_keyframes_and_fills_the_frames_between() -> None:
+    from kinemesh.models.genhmr.inference import predict_bodies, predict_track
+
+    m = _model(**TINY)
+    step = TorchStepFn(m)
+    decoder = lambda ids: torch.nn.functional.one_hot(ids, TINY["codebook_size"]).float()[:, :2]  # noqa: E731
+    kp = _keypoints(7, seed=5)
+    every = predict_bodies(step, decoder, kp)
+    assert all(torch.equal(a, b) for a, b in zip(predict_track(step, decoder, kp, stride=1), every, strict=True))
+    # stride 3 over 7 frames: keyframes 0, 3, 6; the others copy the nearest one
+    strided = predict_track(step, decoder, kp, stride=3, chunk=2)
+    for t, k in enumerate([0, 0, 3, 3, 3, 6, 6]):
+        assert torch.equal(strided.token_ids[t], every.token_ids[k])
+        assert torch.allclose(strided.camera[t], every.camera[k], atol=1e-6)
+    # a lone last frame off the stride is decoded itself
+    assert torch.equal(predict_track(step, decoder, kp[:5], stride=3).token_ids[4], every.token_ids[4])
+    with pytest.raises(ValueError):
+        predict_track(step, decoder, kp, stride=0)

@@ -70,3 +70,9 @@ def test_step_graph_export_and_decode_parity(overrides: dict, exporter: str, tmp
     assert torch.allclose(onnx.shape, eager.shape, atol=1e-4)
     assert torch.allclose(onnx.camera, eager.camera, atol=1e-4)
     assert torch.allclose(onnx.orient, eager.orient, atol=1e-4)
+    # a batch split into graph calls of 2 (the CPU worker's sub-batching) decodes the same
+    split = masked_decode(BackendStepFn(backend, "genhmr_step", cfg.num_tokens, cfg.codebook_size, max_batch=2),
+                          kp, image)
+    assert torch.equal(split.token_ids, onnx.token_ids)
+    assert torch.allclose(split.confidences, onnx.confidences, atol=1e-6)
+    assert torch.allclose(split.shape, onnx.shape, atol=1e-6)
