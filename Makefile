@@ -34,7 +34,7 @@ clips: $(STAMP)
 BUNDLE := $(VAR)/models/bundle/default
 bundle: $(BUNDLE)/manifest.json
 $(BUNDLE)/manifest.json: $(STAMP) models/weights/default/record.json models/weights/default/pose_tokenizer.pt \
-		models/weights/default/genhmr_keypoints.pt | body
+		models/weights/default/genhmr_keypoints.pt models/export/bundle.py models/export/onnx_export.py | body
 	$(PY) -m kinemesh.models.export.bundle build --weights models/weights/default \
 		--body $(VAR)/models/body/anny_core.npz --out $(BUNDLE)
 

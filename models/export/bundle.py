@@ -50,6 +50,10 @@ MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "kinemesh-bundle"
 BUNDLE_FORMAT_VERSION = 1
 MAX_BATCH = 256  # Triton max_batch_size of every graph (frames of a track per call)
+# Opset 20 has a native Gelu: ONNX Runtime runs it as one kernel where opset 17's erf expansion is five
+# (the decoding step ~5 % faster on a 2-core CPU, same outputs within 1e-5). Triton's onnxruntime
+# backend has read opset 20 since ONNX Runtime 1.16.
+BUNDLE_OPSET = 20
 
 
 class BundleError(RuntimeError):
@@ -101,7 +105,8 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
     }
     entries: dict[str, Any] = {}
     for graph, (module, example, outputs, ranges) in graphs.items():
-        report = export_graph(module, example, outputs, tmp / graph / "1" / "model.onnx", int_ranges=ranges)
+        report = export_graph(module, example, outputs, tmp / graph / "1" / "model.onnx", opset=BUNDLE_OPSET,
+                              int_ranges=ranges)
         ins, outs = tensor_specs_from_onnx(report.path)
         write_triton_config(tmp / graph, graph, ins, outs, MAX_BATCH)
         part = "transformer" if graph == "genhmr_step" else "tokenizer"
