@@ -17,6 +17,9 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
 
 from kinemesh.models.assets.wheel_cache import fetch_wheel
 
@@ -65,6 +68,41 @@ def ensure_demo_clips(cache_dir: Path | str = DEFAULT_CACHE, keys: tuple[str, ..
                     shutil.copyfileobj(src, dst)
                 os.replace(tmp, paths[key])
     return paths
+
+
+# Frame lags of Demo_SinglePerson's cameras at the source rate (60 fps), measured by minimising the
+# multi-view reprojection error of triangulated keypoints: frame i + lag of a camera shows the
+# instant of frame i of cam01 (see the environment notes).
+SINGLE_PERSON_LAGS_60FPS = {"single_cam01": 0, "single_cam02": 0, "single_cam03": 4, "single_cam04": 0}
+_CALIBRATION = {"single": "Pose2Sim/Demo_SinglePerson/calibration/Calib.qca.txt"}
+_QTM_SUBPIXELS = 64  # Qualisys stores image positions in 1/64 pixel
+
+
+def demo_calibration(cache_dir: Path | str = DEFAULT_CACHE, trial: str = "single") -> dict[str, np.ndarray]:
+    """3 x 4 projection matrices (world metres -> decoded-image pixels) of a demo trial's cameras,
+    keyed like `ensure_demo_clips` ("single_cam01", ...), read from the wheel's Qualisys file.
+
+    The Qualisys transform gives the camera centre C (mm) and a rotation R whose camera looks along
+    its -z with y up; the image camera (x right, y down, looking along +z) is diag(1, -1, -1) R, so
+    P = K [R' | -R' C]. Lens distortion (k1 ~ -0.05) is left out: a few pixels at the image edges.
+    """
+    if trial not in _CALIBRATION:
+        raise KeyError(f"no calibration for trial {trial!r}; known: {sorted(_CALIBRATION)}")
+    with zipfile.ZipFile(_wheel(Path(cache_dir))) as zf:
+        root = ElementTree.fromstring(zf.read(_CALIBRATION[trial]))
+    flip = np.diag([1.0, -1.0, -1.0])
+    out: dict[str, np.ndarray] = {}
+    for cam in root.iter("camera"):
+        t, i = cam.find("transform"), cam.find("intrinsic")
+        if t is None or i is None:
+            raise ValueError(f"{_CALIBRATION[trial]}: camera {cam.get('serial')} lacks transform or intrinsic")
+        rot = flip @ np.array([[float(t.get(f"r{a}{b}")) for b in "123"] for a in "123"])
+        centre = np.array([float(t.get(k)) for k in "xyz"]) / 1000.0
+        k = np.array([[float(i.get("focalLengthU")), 0.0, float(i.get("centerPointU"))],
+                      [0.0, float(i.get("focalLengthV")), float(i.get("centerPointV"))],
+                      [0.0, 0.0, _QTM_SUBPIXELS]]) / _QTM_SUBPIXELS
+        out[f"{trial}_{cam.get('serial')}"] = k @ np.hstack([rot, (-rot @ centre)[:, None]])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
