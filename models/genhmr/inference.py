@@ -64,22 +64,41 @@ def predict_bodies(step_fn: StepFn, decoder: Any, keypoints: ArrayLike, iteratio
     return BodyParams(res.token_ids, res.confidences, body6d, res.orient, res.shape, res.camera)
 
 
+def segments(frame_index: Tensor | np.ndarray | None, length: int) -> list[slice]:
+    """Runs of consecutive frame indices (T,) as slices of the track's rows; one run when None."""
+    if frame_index is None or length < 2:
+        return [slice(0, length)]
+    idx = torch.as_tensor(np.asarray(frame_index), dtype=torch.int64)
+    cuts = ((idx[1:] - idx[:-1]) != 1).nonzero().flatten() + 1  # rows starting a new run
+    bounds = [0, *cuts.tolist(), length]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def predict_track(step_fn: StepFn, decoder: Any, keypoints: Tensor, iterations: int = 5, stride: int = 1,
-                  chunk: int = 256) -> BodyParams:
+                  chunk: int = 256, frame_index: Tensor | np.ndarray | None = None) -> BodyParams:
     """Decode one track's frames (T, L, 3): every `stride`-th frame and the last one through
     `predict_bodies` (in chunks of `chunk` frames); the frames between take the nearest decoded
     frame's parameters. The refinement starts from a temporally smoothed copy and fits every frame
-    to its own keypoints, so at stride 2 (30 fps) it loses little and the decoding halves."""
+    to its own keypoints, so at stride 2 (30 fps) it loses little and the decoding halves.
+    With `frame_index` (T,), each run of consecutive frames gets its own keyframes (its first and
+    last among them), so no frame borrows a body from the other side of a gap."""
     if stride < 1:
         raise ValueError("stride must be at least 1")
     T = keypoints.shape[0]
-    keys = torch.unique(torch.cat([torch.arange(0, T, stride), torch.tensor([T - 1])]))  # (K,)
+    runs = segments(frame_index, T)
+    keys = torch.unique(torch.cat([torch.arange(r.start, r.stop, stride) for r in runs]
+                                  + [torch.tensor([r.stop - 1]) for r in runs]))  # (K,) sorted
     parts = [predict_bodies(step_fn, decoder, keypoints[keys[i:i + chunk]], iterations)
              for i in range(0, len(keys), chunk)]
     decoded = BodyParams(*(torch.cat(t) for t in zip(*parts, strict=True)))
     if len(keys) == T:
         return decoded
-    nearest = (torch.arange(T)[:, None] - keys[None, :]).abs().argmin(1)  # (T,) index into keys
+    run_of = torch.zeros(T, dtype=torch.int64)  # (T,) which run each row is in
+    for i, r in enumerate(runs):
+        run_of[r] = i
+    dist = (torch.arange(T)[:, None] - keys[None, :]).abs().float()  # (T, K)
+    dist[run_of[:, None] != run_of[keys][None, :]] = float("inf")  # only keyframes of the same run
+    nearest = dist.argmin(1)  # (T,) index into keys
     return BodyParams(*(t[nearest] for t in decoded))
 
 

@@ -64,7 +64,7 @@ from kinemesh.models.camera import (
     perspective_to_weak,
     weak_perspective,
 )
-from kinemesh.models.genhmr.inference import BodyParams, full_rotations
+from kinemesh.models.genhmr.inference import BodyParams, full_rotations, segments
 
 HIPS = (23, 24)
 # Limb and trunk segments whose length the world landmarks measure well on every view (BlazePose ids):
@@ -157,20 +157,31 @@ def refine_track(
     world: Tensor | None = None,
     config: RefineConfig = RefineConfig(),
     intrinsics: Tensor | None = None,
+    frame_index: Tensor | None = None,
 ) -> RefineResult:
     """Refine one track. decoder: the tokenizer's decoder, embeddings (T, N, D) -> body6d (T, 21, 6),
     frozen; codebook (K, D); init: the decoded BodyParams of the T frames; keypoints (T, L, 3) in box
     units with confidences; world (T, L, 3) hip-centred world landmarks in the model frame, or None;
     intrinsics (T, 3) the pinhole camera in box units (`kinemesh.models.camera.box_intrinsics`): with
     them the landmarks are projected in full perspective and placed by a translation solved in closed
-    form each step; without them, weak perspective.
+    form each step; without them, weak perspective. frame_index (T,): the rows' frame numbers; where
+    they jump (the person was not seen), the start is smoothed and accelerations are taken only within
+    each run of consecutive frames. None: the rows are consecutive frames.
     """
     c = config
     T = keypoints.shape[0]
     for p in decoder.parameters():
         p.requires_grad_(False)
-    z = _temporal_smooth(codebook[init.token_ids].detach(), c.init_smooth_frames).requires_grad_(True)  # (T, N, D)
-    orient = _temporal_smooth(init.orient6d.detach(), c.init_smooth_frames).requires_grad_(True)  # (T, 6)
+    runs = segments(frame_index, T)
+    z = torch.cat([_temporal_smooth(codebook[init.token_ids[r]].detach(), c.init_smooth_frames)
+                   for r in runs]).requires_grad_(True)  # (T, N, D)
+    orient = torch.cat([_temporal_smooth(init.orient6d[r].detach(), c.init_smooth_frames)
+                        for r in runs]).requires_grad_(True)  # (T, 6)
+    # second differences only over three consecutive frames of one run
+    steady = torch.ones(max(T - 2, 0), dtype=torch.bool)  # (T-2,)
+    if frame_index is not None and T > 2:
+        idx = torch.as_tensor(frame_index, dtype=torch.int64)
+        steady = (idx[2:] - idx[:-2]) == 2
     w_frame = init.confidences.mean(-1, keepdim=True)  # (T, 1) frames decoded with confidence weigh more
     shape = ((init.shape * w_frame).sum(0, keepdim=True) / w_frame.sum().clamp_min(1e-6)).detach()
     shape.requires_grad_(True)  # (1, S)
@@ -217,9 +228,9 @@ def refine_track(
         if world is not None and c.w_bone > 0:
             r = (bone_lengths(lm).mean(0) - bone_target) / c.scale_bone  # (M,) one body per track
             e = e + c.w_bone * (bone_seen * ((1 + r**2).sqrt() - 1)).sum() / bone_seen.sum().clamp_min(1.0)
-        if T > 2 and c.w_smooth > 0:
-            acc = lm[2:] - 2 * lm[1:-1] + lm[:-2]  # (T-2, L, 3)
-            cam_acc = camera[2:] - 2 * camera[1:-1] + camera[:-2]  # (T-2, 3)
+        if T > 2 and c.w_smooth > 0 and bool(steady.any()):
+            acc = (lm[2:] - 2 * lm[1:-1] + lm[:-2])[steady]  # (S, L, 3)
+            cam_acc = (camera[2:] - 2 * camera[1:-1] + camera[:-2])[steady]  # (S, 3)
             e = e + c.w_smooth * (acc.pow(2).sum(-1).mean() / c.scale_accel**2
                                   + cam_acc.pow(2).sum(-1).mean() / cam_scale**2)
         if c.w_code > 0:

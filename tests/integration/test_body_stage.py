@@ -152,3 +152,16 @@ def test_keyframe_stride_follows_the_frame_rate_and_needs_refinement(bundle_dir:
     assert [stage.decode_stride(fps) for fps in (10.0, 30.0, 60.0)] == [1, 2, 4]
     assert BodyStage(bundle_dir, RefineConfig(steps=0)).decode_stride(60.0) == 1  # no refinement: every frame
     assert BodyStage(bundle_dir, decode_rate_hz=0).decode_stride(60.0) == 1
+
+
+def test_a_track_with_a_gap_is_refined_run_by_run(stage: BodyStage) -> None:
+    from kinemesh.services.worker.stages.base import KeypointTracks, TrackedFrame
+
+    full = stage.rest_pose_track(40)
+    frames = [TrackedFrame(f.index, f.timestamp_s, [] if 12 <= f.index < 25 else f.people) for f in full.frames]
+    out = stage.run(KeypointTracks(full.meta, frames), NullContext())
+    (track,) = out.tracks
+    assert track.frame_index.tolist() == [*range(12), *range(25, 40)]
+    assert np.isfinite(track.joints).all() and (track.joints[..., 2] < 0).all()
+    frac = track.reproj_after_px / track.bbox_height_px
+    assert frac.max() < 0.05, frac  # the frames beside the gap fit as well as the rest

@@ -265,3 +265,19 @@ def test_predict_track_decodes_keyframes_and_fills_the_frames_between() -> None:
     assert torch.equal(predict_track(step, decoder, kp[:5], stride=3).token_ids[4], every.token_ids[4])
     with pytest.raises(ValueError):
         predict_track(step, decoder, kp, stride=0)
+
+
+def test_runs_of_consecutive_frames_and_no_keyframe_borrowed_across_a_gap() -> None:
+    from kinemesh.models.genhmr.inference import predict_bodies, predict_track, segments
+
+    assert segments(torch.tensor([0, 1, 2, 5, 6, 9]), 6) == [slice(0, 3), slice(3, 5), slice(5, 6)]
+    assert segments(None, 4) == [slice(0, 4)] and segments(torch.tensor([7]), 1) == [slice(0, 1)]
+    m = _model(**TINY)
+    step = TorchStepFn(m)
+    decoder = lambda ids: torch.nn.functional.one_hot(ids, TINY["codebook_size"]).float()[:, :2]  # noqa: E731
+    kp = _keypoints(6, seed=6)
+    every = predict_bodies(step, decoder, kp)
+    # rows 0-2 are frames 0-2, rows 3-5 frames 10-12: stride 4 decodes rows 0, 2 (last of run 1), 3, 5
+    out = predict_track(step, decoder, kp, stride=4, frame_index=torch.tensor([0, 1, 2, 10, 11, 12]))
+    for row, key in enumerate([0, 0, 2, 3, 3, 5]):  # row 4 is as near to 3 as to 5; never to run 1
+        assert torch.equal(out.token_ids[row], every.token_ids[key]), row

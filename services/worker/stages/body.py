@@ -167,8 +167,9 @@ class BodyStage:
         conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32))  # (T, L)
         world = mediapipe_world_to_model(torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32)))
         norm = normalize_keypoints(xy, conf)
+        frame_index = torch.tensor([r[0] for r in rows], dtype=torch.int64)  # (T,) gaps where the person was unseen
         init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
-                             stride=self.decode_stride(fps), chunk=CHUNK)
+                             stride=self.decode_stride(fps), chunk=CHUNK, frame_index=frame_index)
         # pinhole camera: focal = the frame's longer side (about a 53 degree field of view), centred
         intr = box_intrinsics(focal, torch.tensor([width / 2, height / 2]), norm.center, norm.half)  # (T, 3)
         refined, placed, before, after = [], [], [], []
@@ -177,7 +178,7 @@ class BodyStage:
                 sl = slice(i, i + REFINE_WINDOW)
                 res = refine_track(self.layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
                                    BodyParams(*(t[sl] for t in init)), norm.keypoints[sl], world[sl],
-                                   self.refine_config, intrinsics=intr[sl])
+                                   self.refine_config, intrinsics=intr[sl], frame_index=frame_index[sl])
                 refined.append(res.params)
                 placed.append(res.translation)
                 before.append(res.reproj_before)
