@@ -68,6 +68,10 @@ DESCRIPTIONS = {
                                          "the trial's calibration, mean over views, with refinement",
     "real_pa_mpjpe_mm_vs_triangulation_unrefined": "the same without refinement",
     "real_pa_mpjpe_mm_mediapipe_world_vs_triangulation": "the same for MediaPipe's own world landmarks (for scale)",
+    "crossview_limb_pa_mpjpe_mm": "the same views: pairwise PA-MPJPE of the 16 limb landmarks, frames matched by "
+                                  "the calibrated lags, with refinement (mean of 6 pairs)",
+    "crossview_limb_pa_mpjpe_mm_mediapipe_world": "the same for MediaPipe's own world landmarks: how far a "
+                                                  "production monocular 3D estimate disagrees with itself here",
     "reproj_err_bbox_frac_before": "Demo_SinglePerson 4 views: mean 2D error of confident landmarks / bbox height, "
                                    "before refinement",
     "reproj_err_bbox_frac_after": "the same after refinement",
@@ -174,7 +178,34 @@ def real_clips(clips: dict[str, Path], model_dir: Path, stage) -> dict[str, floa
         acc = vs_triangulation(views, tracks, stage.layer, reference)
         out[f"real_pa_mpjpe_mm_vs_triangulation{label}"] = round(float(np.mean(list(acc.values()))), 1)
         print(f"PA-MPJPE against the triangulation per view{label}: { {c[-2:]: round(v) for c, v in acc.items()} }")
+        if n:
+            out["crossview_limb_pa_mpjpe_mm"] = round(_crossview_landmarks(
+                {cam: _body_landmarks(stage.layer, tb) for cam, tb in tracks.items()}), 1)
+    world = {cam: {f.index: f.people[0][1].world for f in t.frames if f.people} for cam, t in views.items()}
+    out["crossview_limb_pa_mpjpe_mm_mediapipe_world"] = round(_crossview_landmarks(world), 1)
     return out
+
+
+def _body_landmarks(layer, tb) -> dict[int, np.ndarray]:
+    """{frame index: (L, 3) landmarks} of a track's bodies (model frame, root at the origin)."""
+    T = len(tb.frame_index)
+    with torch.no_grad():
+        _, lm = layer.skeleton(torch.from_numpy(tb.rotations), torch.from_numpy(tb.shape)[None].expand(T, -1),
+                               torch.zeros(T, 3))
+    return {int(f): lm[k].numpy() for k, f in enumerate(tb.frame_index)}
+
+
+def _crossview_landmarks(per_view: dict[str, dict[int, np.ndarray]]) -> float:
+    """Mean pairwise PA-MPJPE (mm) of the limb landmarks between views, frames matched by the trial's
+    calibrated lags: the same comparison for our bodies and for MediaPipe's world landmarks."""
+    sel, errs = list(LIMB_LANDMARKS), []
+    for a, b in itertools.combinations(sorted(per_view), 2):
+        shift = LAGS_30FPS.get(b, 0) - LAGS_30FPS.get(a, 0)
+        frames = [f for f in per_view[a] if f + shift in per_view[b]]
+        A = torch.from_numpy(np.stack([per_view[a][f][sel] for f in frames])).float()
+        B = torch.from_numpy(np.stack([per_view[b][f + shift][sel] for f in frames])).float()
+        errs.append(float(pa_mpjpe_mm(A, B).mean()))
+    return float(np.mean(errs))
 
 
 # -- a real 3D reference: Demo_SinglePerson's four calibrated views, triangulated ---------------------
@@ -227,17 +258,12 @@ def vs_triangulation(views: dict, tracks: dict, layer, reference: dict[int, np.n
     """Per view: PA-MPJPE (mm) of the body's limb landmarks against the triangulated ones."""
     out = {}
     for cam, tb in tracks.items():
-        lag = LAGS_30FPS.get(cam, 0)
-        index = {int(f) - lag: k for k, f in enumerate(tb.frame_index)}
-        frames = [f for f in reference if f in index and not np.isnan(reference[f][list(LIMB_LANDMARKS)]).any()]
-        rows = [index[f] for f in frames]
-        T = len(rows)
-        with torch.no_grad():
-            _, lm = layer.skeleton(torch.from_numpy(tb.rotations[rows]), torch.from_numpy(tb.shape)[None].expand(T, -1),
-                                   torch.zeros(T, 3))
-        ref = torch.from_numpy(np.stack([reference[f] for f in frames])).float()
-        sel = list(LIMB_LANDMARKS)
-        out[cam] = float(pa_mpjpe_mm(lm[:, sel], ref[:, sel]).mean())
+        lag, sel = LAGS_30FPS.get(cam, 0), list(LIMB_LANDMARKS)
+        body = _body_landmarks(layer, tb)
+        frames = [f for f in reference if f + lag in body and not np.isnan(reference[f][sel]).any()]
+        lm = torch.from_numpy(np.stack([body[f + lag][sel] for f in frames])).float()
+        ref = torch.from_numpy(np.stack([reference[f][sel] for f in frames])).float()
+        out[cam] = float(pa_mpjpe_mm(lm, ref).mean())
     return out
 
 
