@@ -7,9 +7,9 @@ PIP := $(VENV)/bin/pip
 VAR ?= var
 STAMP := $(VENV)/.kinemesh-installed
 
-.PHONY: setup demo test bench bench-body lint models body clips bundle train-default clean schema
+.PHONY: setup demo test bench bench-body lint models body clips bundle train-default clean schema opensim
 
-setup: $(STAMP) models body clips bundle
+setup: $(STAMP) models body clips bundle opensim
 
 # The `models` extra pins torch==2.13.0, which on these machines is a local CPU wheel.
 $(STAMP): pyproject.toml constraints.txt
@@ -28,6 +28,10 @@ body: $(STAMP)
 
 clips: $(STAMP)
 	$(PY) -m kinemesh.models.assets.pose2sim_clips --cache-dir $(VAR)/cache/pose2sim
+
+# The biomechanical model: Pose2Sim's simple OpenSim model and anatomical marker set (BSD-3).
+opensim: $(STAMP)
+	$(PY) -m kinemesh.models.assets.opensim_models --out $(VAR)/models/opensim --cache-dir $(VAR)/cache/pose2sim
 
 # The default bundle: ONNX graphs exported from the committed weights (models/weights/default),
 # parity-checked, with Triton configs and a manifest of sha256 sums.

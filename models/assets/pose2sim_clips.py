@@ -36,7 +36,7 @@ def _member(key: str) -> str:
     return f"{_TRIALS[trial]}/{cam}.mp4"
 
 
-def _wheel(cache_dir: Path) -> Path:
+def pose2sim_wheel(cache_dir: Path) -> Path:
     env = os.environ.get(WHEEL_ENV)
     if env:
         path = Path(env)
@@ -61,7 +61,7 @@ def ensure_demo_clips(cache_dir: Path | str = DEFAULT_CACHE, keys: tuple[str, ..
     missing = [key for key, path in paths.items() if not path.is_file()]
     if missing:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(_wheel(cache_dir)) as zf:
+        with zipfile.ZipFile(pose2sim_wheel(cache_dir)) as zf:
             for key in missing:
                 tmp = paths[key].with_name(f".{key}.{os.getpid()}.tmp")
                 with zf.open(_member(key)) as src, open(tmp, "wb") as dst:
@@ -88,7 +88,7 @@ def demo_calibration(cache_dir: Path | str = DEFAULT_CACHE, trial: str = "single
     """
     if trial not in _CALIBRATION:
         raise KeyError(f"no calibration for trial {trial!r}; known: {sorted(_CALIBRATION)}")
-    with zipfile.ZipFile(_wheel(Path(cache_dir))) as zf:
+    with zipfile.ZipFile(pose2sim_wheel(Path(cache_dir))) as zf:
         root = ElementTree.fromstring(zf.read(_CALIBRATION[trial]))
     flip = np.diag([1.0, -1.0, -1.0])
     out: dict[str, np.ndarray] = {}
