@@ -28,6 +28,7 @@ def _opensim():
     import opensim  # imported late: a 70 MB extension that only kinematics needs
 
     opensim.Logger.setLevelString("error")
+    opensim.Logger.removeFileSink()  # OpenSim otherwise appends to ./opensim.log wherever the worker runs
     return opensim
 
 
