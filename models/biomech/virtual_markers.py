@@ -1,0 +1,95 @@
+"""Virtual markers: mesh vertices at the anatomical landmarks of OpenCap's "study" marker set, so a
+body-model mesh can be tracked by OpenSim like a motion-capture subject.
+
+Each marker is one vertex of the body model's mesh, chosen once on the rest mesh (mean shape, the
+model's rest pose) by an anatomical rule: the most anterior point of the pelvis a few centimetres
+above the hip joint is the ASIS, the most lateral point of the leg at the knee joint's height is
+the lateral femoral epicondyle, and so on. A vertex keeps its place on the skin under any shape and
+pose, so the ids are computed once per mesh topology and reused for every frame (as OpenCap and
+BioPose do with SMPL).
+
+Frame: the body model's (x = the body's left, y up, z forwards), metres.
+Shape legend: V vertices, J joints, M markers.
+
+The thigh and shank clusters and the hip joint centres of the study set are not surface landmarks
+of fixed anatomy (clusters are stuck on where convenient; joint centres are inside the body), so
+they are left out: 29 markers (14 a side and C7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SIDES = {"L": 1.0, "r": -1.0}  # OpenCap's prefixes; the sign of x on that side of the body
+
+
+@dataclass(frozen=True)
+class VirtualMarkerSet:
+    names: tuple[str, ...]  # OpenSim marker names (OpenCap's study set)
+    vertex_ids: np.ndarray  # (M,) int64 mesh vertex per marker
+
+    def positions(self, vertices: np.ndarray) -> np.ndarray:
+        """Mesh vertices (..., V, 3) -> marker positions (..., M, 3)."""
+        return np.asarray(vertices)[..., self.vertex_ids, :]
+
+
+def _pick(vertices: np.ndarray, mask: np.ndarray, score: np.ndarray, what: str) -> int:
+    """The vertex with the highest score among those in mask."""
+    if not mask.any():
+        raise ValueError(f"no mesh vertex qualifies as {what}: is this a human body mesh in its rest pose?")
+    idx = np.flatnonzero(mask)
+    return int(idx[np.argmax(score[idx])])
+
+
+def study_markers(vertices: np.ndarray, joints: np.ndarray, joint_names: list[str] | tuple[str, ...]
+                  ) -> VirtualMarkerSet:
+    """Choose the vertices of the study markers on a rest mesh (V, 3) with its joints (J, 3) named
+    in SMPL's order (pelvis, left_hip, ..., right_wrist)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    j = {n: np.asarray(p, dtype=np.float64) for n, p in zip(joint_names, joints, strict=True)}
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    out: dict[str, int] = {}
+
+    def near(point: np.ndarray, radius: float) -> np.ndarray:
+        return np.linalg.norm(v - point, axis=1) < radius
+
+    for p, s in SIDES.items():
+        side = "left" if s > 0 else "right"
+        hip, knee, ankle, foot = (j[f"{side}_{k}"] for k in ("hip", "knee", "ankle", "foot"))
+        shoulder, elbow, wrist = (j[f"{side}_{k}"] for k in ("shoulder", "elbow", "wrist"))
+        sx = s * x  # lateral coordinate on this side
+        # pelvis, 4-10 cm above the hip joint: the ASIS is the most anterior point straight above the
+        # joint (up to 4 cm outside it), the PSIS the most posterior point 1.5-8 cm from the midline
+        band = (y > hip[1] + 0.04) & (y < hip[1] + 0.10)
+        out[f"{p}.ASIS_study"] = _pick(v, band & (sx > s * hip[0] - 0.01) & (sx < s * hip[0] + 0.04), z, "ASIS")
+        out[f"{p}.PSIS_study"] = _pick(v, band & (sx > 0.015) & (sx < 0.08), -z, "PSIS")
+        # knee and ankle: the leg's most lateral and most medial points at the joint's height
+        for name, joint, reach in (("knee", knee, 0.09), ("ankle", ankle, 0.07)):
+            ring = (np.abs(y - joint[1]) < 0.015) & near(joint, reach)
+            out[f"{p}_{name}_study"] = _pick(v, ring, sx, f"lateral {name}")
+            out[f"{p}_m{name}_study"] = _pick(v, ring, -sx, f"medial {name}")
+        # foot: toe tip (most anterior), heel (most posterior below the ankle), fifth metatarsal head
+        # (most lateral point of the forefoot)
+        below = (y < ankle[1] - 0.01) & (np.abs(x - foot[0]) < 0.08)
+        out[f"{p}_toe_study"] = _pick(v, below, z, "toe")
+        out[f"{p}_calc_study"] = _pick(v, below & (z < ankle[2] + 0.02), -z, "heel")
+        forefoot = below & (np.abs(z - foot[2]) < 0.03)
+        out[f"{p}_5meta_study"] = _pick(v, forefoot, sx, "fifth metatarsal")
+        # shoulder: the acromion, the top of the shoulder above the joint
+        out[f"{p}_shoulder_study"] = _pick(v, near(shoulder, 0.08) & (sx > s * shoulder[0] - 0.005), y, "acromion")
+        # elbow and wrist: the extremes across the limb, in the body's frontal plane
+        for name, joint, nxt, reach in (("elbow", elbow, wrist, 0.05), ("wrist", wrist, j[f"{side}_hand"], 0.04)):
+            axis = (nxt - joint) / np.linalg.norm(nxt - joint)
+            across = np.cross(axis, np.array([0.0, 0.0, 1.0]))  # perpendicular to the limb, frontal plane
+            across *= np.sign(s * across[0]) or 1.0  # pointing away from the body
+            ring = near(joint, reach) & (np.abs((v - joint) @ axis) < 0.015)
+            score = (v - joint) @ across
+            out[f"{p}_l{name}_study"] = _pick(v, ring, score, f"lateral {name}")
+            out[f"{p}_m{name}_study"] = _pick(v, ring, -score, f"medial {name}")
+    # C7: the most posterior point of the back of the neck at the neck joint's height
+    neck = j["neck"]
+    out["C7_study"] = _pick(v, (np.abs(y - neck[1]) < 0.03) & (np.abs(x) < 0.03), -z, "C7")
+    names = tuple(out)
+    return VirtualMarkerSet(names, np.array([out[n] for n in names], dtype=np.int64))
