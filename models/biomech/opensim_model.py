@@ -70,6 +70,10 @@ class OsimModel:
         self._markers = [ms.get(i) for i in range(ms.getSize())]
         self.marker_names = [m.getName() for m in self._markers]
 
+    def marker_set(self):
+        """The model's OpenSim MarkerSet (to write it out, e.g. for the scale tool)."""
+        return self._model.getMarkerSet()
+
     @property
     def coordinate_names(self) -> list[str]:
         return [c.name for c in self.coordinates]

@@ -25,6 +25,10 @@ import numpy as np
 SIDES = {"L": 1.0, "r": -1.0}  # OpenCap's prefixes; the sign of x on that side of the body
 
 
+# Joint centres of the study set, taken from the body model's joints (they are inside the body)
+JOINT_MARKERS = {"RHJC_study": "right_hip", "LHJC_study": "left_hip"}
+
+
 @dataclass(frozen=True)
 class VirtualMarkerSet:
     names: tuple[str, ...]  # OpenSim marker names (OpenCap's study set)
@@ -33,6 +37,21 @@ class VirtualMarkerSet:
     def positions(self, vertices: np.ndarray) -> np.ndarray:
         """Mesh vertices (..., V, 3) -> marker positions (..., M, 3)."""
         return np.asarray(vertices)[..., self.vertex_ids, :]
+
+    def with_joints(self, vertices: np.ndarray, joints: np.ndarray, joint_names: list[str] | tuple[str, ...]
+                    ) -> tuple[list[str], np.ndarray]:
+        """The surface markers and the joint-centre markers (JOINT_MARKERS): names and positions
+        (..., M + 2, 3) from vertices (..., V, 3) and joints (..., J, 3)."""
+        index = [list(joint_names).index(j) for j in JOINT_MARKERS.values()]
+        points = np.concatenate([self.positions(vertices), np.asarray(joints)[..., index, :]], -2)
+        return [*self.names, *JOINT_MARKERS], points
+
+
+def to_opensim_frame(points: np.ndarray) -> np.ndarray:
+    """Body-model frame (x the body's left, y up, z forwards) -> OpenSim's ground for a subject
+    facing +X (x forwards, y up, z to the right): (z, y, -x), a proper rotation."""
+    p = np.asarray(points)
+    return np.stack([p[..., 2], p[..., 1], -p[..., 0]], -1)
 
 
 def _pick(vertices: np.ndarray, mask: np.ndarray, score: np.ndarray, what: str) -> int:
