@@ -76,6 +76,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         console.print(f"body: {s.body.frames_meshed} frames meshed, reprojection error "
                       f"{s.body.reprojection_error_px_before:.1f} px -> {s.body.reprojection_error_px_after:.1f} px "
                       "after refinement")
+    if s.kinematics is not None:
+        console.print(f"kinematics: {s.kinematics.frames} frames, marker error "
+                      f"{1000 * s.kinematics.marker_error_rms_m:.0f} mm RMS; .mot/.trc/.osim/.csv/.png in {out}")
     return 0
 
 
@@ -223,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fps", type=float, default=None, help="target frame rate")
     r.add_argument("--max-people", type=int, default=1)
     r.add_argument("--outputs", default=None,
-                   help="comma-separated outputs (keypoints_2d, keypoints_3d, body); default: all")
+                   help="comma-separated outputs (keypoints_2d, keypoints_3d, body, kinematics); default: all")
     r.set_defaults(fn=_cmd_run)
 
     sub.add_parser("schema", help="print the result JSON Schema").set_defaults(fn=_cmd_schema)

@@ -66,6 +66,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * body['reprojection_error_bbox_frac_after']:.2f}% of the person's height)")
             if meshes:
                 console.print(f"animated mesh: {stack.root / meshes[0]}")
+        kin = s.get("kinematics")
+        tracks = [t for t in result["tracks"] if t.get("kinematics")]
+        if kin and tracks:
+            tk = tracks[0]["kinematics"]
+            ranges = {r["name"]: r for r in tk["ranges"]}
+            shown = ", ".join(f"{n} {round(ranges[n]['min']):d}..{round(ranges[n]['max']):d} deg"
+                              for n in ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l"))
+            mot = stack.root / tk["mot_artifact"]
+            mot.write_bytes(client.artifact(job["id"], tk["mot_artifact"]))
+            console.print(f"kinematics ({result['kinematics_model']['method']}, {kin['frames']} frames, marker "
+                          f"error {1000 * kin['marker_error_rms_m']:.0f} mm RMS): {shown}")
+            console.print(f"OpenSim motion file: {mot}")
         return 0
     finally:
         stack.stop()

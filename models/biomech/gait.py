@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.signal import find_peaks
 
+CADENCE_RANGE = (40.0, 200.0)  # steps per minute of walking (and slow running); outside it, no gait is reported
+
 
 @dataclass(frozen=True)
 class FootEvents:
@@ -62,12 +64,15 @@ def gait_events(heel_l: np.ndarray, toe_l: np.ndarray, heel_r: np.ndarray, toe_r
     right = FootEvents(_events(rel(heel_r), fps, True), _events(rel(toe_r), fps, False))
     strikes = sorted([(int(f), "l") for f in left.heel_strikes] + [(int(f), "r") for f in right.heel_strikes])
     steps = [(a, b) for a, b in zip(strikes[:-1], strikes[1:], strict=True) if a[1] != b[1]]  # alternate feet
-    if not steps:
-        return GaitResult(left, right, direction, notes=["fewer than two alternating heel strikes"])
+    if len(steps) < 2:
+        return GaitResult(left, right, direction, notes=["fewer than three alternating heel strikes"])
     heel = {"l": np.asarray(heel_l), "r": np.asarray(heel_r)}
     times = np.array([(b[0] - a[0]) / fps for a, b in steps])
     lengths = np.array([abs(float((heel[b[1]][b[0]] - heel[a[1]][a[0]]) @ direction)) for a, b in steps])
     span = (strikes[-1][0] - strikes[0][0]) / fps
     speed = float((pelvis[strikes[-1][0]] - pelvis[strikes[0][0]]) @ direction / span) if span > 0 else None
-    return GaitResult(left, right, direction, cadence_steps_per_min=float(60.0 / times.mean()),
+    cadence = float(60.0 / times.mean())
+    if not CADENCE_RANGE[0] <= cadence <= CADENCE_RANGE[1]:
+        return GaitResult(left, right, direction, notes=[f"not a walk: {cadence:.0f} steps/min"])
+    return GaitResult(left, right, direction, cadence_steps_per_min=cadence,
                       step_time_s=float(times.mean()), step_length_m=float(lengths.mean()), walking_speed_m_s=speed)

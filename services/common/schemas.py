@@ -11,11 +11,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kinemesh.models.landmarks import BLAZEPOSE_LANDMARKS
 
-RESULT_SCHEMA_VERSION = 2
+RESULT_SCHEMA_VERSION = 3
 
 LANDMARK_NAMES = BLAZEPOSE_LANDMARKS  # MediaPipe Pose order, 33 landmarks
 
@@ -39,7 +39,7 @@ class JobState(StrEnum):
         return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
-OutputName = Literal["keypoints_2d", "keypoints_3d", "body"]
+OutputName = Literal["keypoints_2d", "keypoints_3d", "body", "kinematics"]
 
 
 class JobOptions(_Doc):
@@ -51,11 +51,18 @@ class JobOptions(_Doc):
     )
     max_people: int = Field(1, ge=1, le=8, description="Most people tracked per frame.")
     outputs: list[OutputName] = Field(
-        default_factory=lambda: ["keypoints_2d", "keypoints_3d", "body"],
+        default_factory=lambda: ["keypoints_2d", "keypoints_3d", "body", "kinematics"],
         min_length=1,
         description="Which outputs the result carries; `body` runs the body stage (parameters, 3D joints, "
-        "mesh artifacts).",
+        "mesh artifacts); `kinematics` the kinematics stage on the bodies (OpenSim joint coordinates, "
+        ".mot/.trc/.osim/CSV/PNG artifacts, gait events) and needs `body`.",
     )
+
+    @model_validator(mode="after")
+    def _kinematics_needs_body(self) -> JobOptions:
+        if "kinematics" in self.outputs and "body" not in self.outputs:
+            raise ValueError("output `kinematics` is computed from the body mesh: ask for `body` too")
+        return self
 
 
 class Problem(_Doc):
@@ -186,6 +193,58 @@ class TrackBody(_Doc):
     mesh_artifact: str | None = Field(None, description="Name of this track's animated mesh artifact (GLB).")
 
 
+class KinematicsFrame(_Doc):
+    """The person's joint coordinates in one frame (OpenSim inverse kinematics on the virtual markers)."""
+
+    coordinates: list[float] = Field(..., description="One value per kinematics_model.coordinate_names: degrees "
+                                     "for rotational coordinates, metres for translational ones; low-pass filtered.")
+    marker_error_m: float = Field(..., ge=0, description="RMS distance between the virtual markers and the "
+                                  "model's markers in this frame, metres (before filtering).")
+    out_of_range: list[str] = Field(default_factory=list, description="Coordinates outside the model's range "
+                                    "in this frame.")
+
+
+class CoordinateRange(_Doc):
+    name: str = Field(..., description="OpenSim coordinate name.")
+    min: float = Field(..., description="Smallest value, degrees or metres.")
+    max: float = Field(..., description="Largest value, degrees or metres.")
+
+
+class BodyScale(_Doc):
+    body: str = Field(..., description="OpenSim body name.")
+    factor: float = Field(..., gt=0, description="Uniform scale factor of the generic model's body.")
+
+
+class GaitSummary(_Doc):
+    """Gait events (Zeni et al. 2008: heel furthest ahead of, toe furthest behind the pelvis) and
+    spatiotemporal parameters, when the track is a walk."""
+
+    heel_strikes_left: list[int] = Field(..., description="Frame indices (sampled timeline).")
+    heel_strikes_right: list[int] = Field(..., description="Frame indices (sampled timeline).")
+    toe_offs_left: list[int] = Field(..., description="Frame indices (sampled timeline).")
+    toe_offs_right: list[int] = Field(..., description="Frame indices (sampled timeline).")
+    cadence_steps_per_min: float = Field(..., gt=0)
+    step_time_s: float = Field(..., gt=0)
+    step_length_m: float = Field(..., ge=0)
+    walking_speed_m_s: float | None = Field(None, description="Pelvis speed along the direction of travel.")
+
+
+class TrackKinematics(_Doc):
+    """What the kinematics stage found for one track as a whole."""
+
+    frames: int = Field(..., ge=0, description="Frames of this track with coordinates.")
+    marker_error_rms_m: float = Field(..., ge=0, description="RMS marker error over the track, metres.")
+    ranges: list[CoordinateRange] = Field(..., description="Range of motion of each coordinate over the track.")
+    out_of_range_frames: int = Field(..., ge=0, description="Frames with at least one coordinate outside its range.")
+    scale_factors: list[BodyScale] = Field(..., description="How the generic model was scaled to this person.")
+    gait: GaitSummary | None = Field(None, description="Gait events and parameters, when the track is a walk.")
+    mot_artifact: str = Field(..., description="Coordinates as an OpenSim motion file (.mot, degrees).")
+    trc_artifact: str = Field(..., description="The virtual markers as an OpenSim marker file (.trc, metres).")
+    osim_artifact: str = Field(..., description="The OpenSim model scaled to this person (.osim).")
+    csv_artifact: str = Field(..., description="Coordinates as CSV (degrees or metres).")
+    plot_artifact: str = Field(..., description="PNG plot of hip, knee and ankle flexion over time.")
+
+
 class TrackFrame(_Doc):
     """One person in one frame."""
 
@@ -199,6 +258,8 @@ class TrackFrame(_Doc):
         None, min_length=33, max_length=33, description="33 BlazePose world landmarks, metres."
     )
     body: BodyFrame | None = Field(None, description="The fitted body in this frame (when `body` was asked for).")
+    kinematics: KinematicsFrame | None = Field(None, description="Joint coordinates in this frame (when "
+                                               "`kinematics` was asked for).")
 
 
 class Track(_Doc):
@@ -207,6 +268,8 @@ class Track(_Doc):
     last_frame: int = Field(..., ge=0)
     frames: list[TrackFrame] = Field(..., description="Frames where this person was seen, in order.")
     body: TrackBody | None = Field(None, description="Track-level body results (when `body` was asked for).")
+    kinematics: TrackKinematics | None = Field(None, description="Track-level kinematics (when `kinematics` "
+                                               "was asked for and the track has enough frames).")
 
 
 class KeypointModelInfo(_Doc):
@@ -225,6 +288,26 @@ class BodyModelInfo(_Doc):
     focal_length_px: float = Field(..., gt=0, description="Assumed pinhole focal length: max(width, height).")
     decoding_iterations: int = Field(..., ge=1, description="Masked-token decoding iterations.")
     refinement_steps: int = Field(..., ge=0, description="2D-informed refinement steps per track.")
+
+
+class KinematicsModelInfo(_Doc):
+    model: str = Field(..., description="The OpenSim model and marker set, with source and licence.")
+    method: str = Field(..., description="How coordinates were computed: `opensim_ik` (OpenSim's "
+                        "InverseKinematicsTool on the virtual markers).")
+    coordinate_names: list[str] = Field(..., description="Order of KinematicsFrame.coordinates (OpenSim names).")
+    coordinate_units: list[str] = Field(..., description="`deg` or `m` for each coordinate.")
+    model_ranges: list[CoordinateRange] = Field(..., description="Each coordinate's range in the model.")
+    marker_names: list[str] = Field(..., description="Virtual markers on the body mesh used for IK and scaling.")
+    convention: str = Field(..., description="Units and sign convention.")
+    zero_pose: str = Field(..., description="The pose in which every angle is zero.")
+    filter: str = Field(..., description="Low-pass filter applied to the coordinates.")
+    frame: str = Field(..., description="Frame of the pelvis translations.")
+
+
+class KinematicsSummary(_Doc):
+    frames: int = Field(..., ge=0, description="Person-frames with coordinates.")
+    marker_error_rms_m: float = Field(..., ge=0, description="RMS marker error over them, metres.")
+    out_of_range_frames: int = Field(..., ge=0, description="Person-frames with a coordinate outside its range.")
 
 
 class BodySummary(_Doc):
@@ -250,6 +333,8 @@ class ResultSummary(_Doc):
     tracks: int = Field(..., ge=0, description="Distinct person tracks.")
     seconds: float = Field(..., ge=0, description="Processing wall time of the pipeline.")
     body: BodySummary | None = Field(None, description="Body-stage figures (when `body` was asked for).")
+    kinematics: KinematicsSummary | None = Field(None, description="Kinematics figures (when `kinematics` was "
+                                                 "asked for).")
 
 
 class Software(_Doc):
@@ -258,9 +343,9 @@ class Software(_Doc):
 
 
 class KinemeshResult(_Doc):
-    """The result JSON of a job (schema_version 2)."""
+    """The result JSON of a job (schema_version 3)."""
 
-    schema_version: Literal[2] = Field(RESULT_SCHEMA_VERSION, description="Version of this document's schema.")
+    schema_version: Literal[3] = Field(RESULT_SCHEMA_VERSION, description="Version of this document's schema.")
     job_id: str | None = Field(None, description="Job id; null for `kinemesh run`.")
     created_at: datetime = Field(..., description="When the result was produced.")
     software: Software
@@ -273,6 +358,8 @@ class KinemeshResult(_Doc):
     tracks: list[Track] = Field(..., description="Per-person tracks.")
     body_model: BodyModelInfo | None = Field(None, description="The body model and conventions (when `body` "
                                              "was asked for).")
+    kinematics_model: KinematicsModelInfo | None = Field(None, description="The biomechanical model, method and "
+                                                         "conventions (when `kinematics` was asked for).")
     artifacts: list[ArtifactInfo] = Field(default_factory=list, description="Binary artifacts of the job.")
 
 

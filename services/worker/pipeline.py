@@ -16,9 +16,11 @@ from kinemesh.services.worker.stages.base import StageContext
 from kinemesh.services.worker.stages.body import BodyStage
 from kinemesh.services.worker.stages.decode import DecodeStage
 from kinemesh.services.worker.stages.keypoints import KeypointStage
+from kinemesh.services.worker.stages.kinematics import KinematicsStage
 
 # Share of the whole job each stage accounts for, for the progress bar.
-STAGE_SPAN = {"decode": (0.0, 0.05), "keypoints": (0.05, 0.75), "body": (0.75, 0.97), "results": (0.97, 1.0)}
+STAGE_SPAN = {"decode": (0.0, 0.05), "keypoints": (0.05, 0.7), "body": (0.7, 0.88), "kinematics": (0.88, 0.97),
+              "results": (0.97, 1.0)}
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Pipeline:
         # The landmarker's pose count is fixed when it is created: one stage per max_people asked for.
         self._keypoints: dict[int, KeypointStage] = {}
         self._body: BodyStage | None = None
+        self._kinematics: KinematicsStage | None = None
 
     def keypoint_stage(self, max_people: int) -> KeypointStage:
         stage = self._keypoints.get(max_people)
@@ -62,6 +65,11 @@ class Pipeline:
                                    threads=self.settings.inference_threads,
                                    decode_rate_hz=self.settings.decode_rate_hz)
         return self._body
+
+    def kinematics_stage(self) -> KinematicsStage:
+        if self._kinematics is None:
+            self._kinematics = KinematicsStage(self.settings.model_dir, self.body_stage().layer)
+        return self._kinematics
 
     @staticmethod
     def body_model_info(stage: BodyStage, focal_px: float) -> BodyModelInfo:
@@ -82,6 +90,7 @@ class Pipeline:
         """Load the default models now rather than on the first job."""
         self.keypoint_stage(JobOptions().max_people)
         self.body_stage().warm_up()
+        self.kinematics_stage()
 
     def run(self, video_path: Path, options: JobOptions, ctx: StageContext, job_id: str | None = None,
             size_bytes: int | None = None) -> PipelineOutput:
@@ -102,13 +111,17 @@ class Pipeline:
             video = self.decode.open(video_path, target_fps, limits=self.settings)
         with timed("keypoints"):  # decoding streams inside this stage, batch by batch
             tracks = self.keypoint_stage(options.max_people).run(video, ctx)
-        body, body_model, artifacts = None, None, {}
+        body, body_model, kinematics, artifacts = None, None, None, {}
         if "body" in options.outputs:
             stage = self.body_stage()
             with timed("body"):
                 body = stage.run(tracks, ctx)
             body_model = self.body_model_info(stage, body.focal_px)
             artifacts.update(body.artifacts)
+        if "kinematics" in options.outputs and body is not None:
+            with timed("kinematics"):
+                kinematics = self.kinematics_stage().run(body, video.meta.target_fps, ctx)
+            artifacts.update(kinematics.artifacts)
         with timed("results"):
             m = video.meta
             clip = ClipInfo(width=m.width, height=m.height, rotation_deg=m.rotation_deg,
@@ -116,7 +129,7 @@ class Pipeline:
                             duration_s=round(m.duration_s, 4), source_frames=m.source_frames, codec=m.codec,
                             container=m.container, size_bytes=size_bytes)
             artifacts["keypoints.npz"] = keypoints_npz(tracks)
-            result = build_result(tracks, options, clip, timings, 0.0, job_id, body, body_model, artifacts)
+            result = build_result(tracks, options, clip, timings, 0.0, job_id, body, body_model, artifacts, kinematics)
         # timings and the total are final only once the results stage itself is timed
         result.timings = timings
         result.summary.seconds = round(time.perf_counter() - started, 4)

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from kinemesh import __version__
+from kinemesh.models.biomech.opensim_model import degrees
 from kinemesh.models.rotations import matrix_to_axis_angle
 from kinemesh.services.common.schemas import (
     LANDMARK_NAMES,
     ArtifactInfo,
     BodyFrame,
     BodyModelInfo,
+    BodyScale,
     BodySummary,
     ClipInfo,
+    CoordinateRange,
     FrameInfo,
     FrameQuality,
+    GaitSummary,
     JobOptions,
     KeypointModelInfo,
+    KinematicsFrame,
+    KinematicsModelInfo,
+    KinematicsSummary,
     KinemeshResult,
     ResultSummary,
     Software,
@@ -29,8 +37,16 @@ from kinemesh.services.common.schemas import (
     TrackBody,
     TrackFrame,
 )
+from kinemesh.services.common.schemas import TrackKinematics as TrackKinematics_
 from kinemesh.services.worker.stages.base import KeypointTracks, PoseObservation
 from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
+from kinemesh.services.worker.stages.kinematics import (
+    CONVENTION,
+    MODEL_SOURCE,
+    ZERO_POSE,
+    KinematicsResult,
+    TrackKinematics,
+)
 
 VISIBLE = 0.5
 LOW_SCORE = 0.5
@@ -79,6 +95,8 @@ def artifact_infos(artifacts: dict[str, bytes]) -> list[ArtifactInfo]:
                                                 "and, for tracks up to 150 frames, float16 posed vertices; faces.")
         elif name == "keypoints.npz":
             media, what = "application/x-npz", "Dense keypoint arrays (NaN where a track is absent)."
+        elif name.endswith(tuple(KINEMATICS_ARTIFACTS)):
+            media, what = KINEMATICS_ARTIFACTS[Path(name).suffix]
         else:
             media, what = "application/octet-stream", "Job artifact."
         infos.append(ArtifactInfo(name=name, media_type=media, size_bytes=len(artifacts[name]), description=what))
@@ -122,13 +140,77 @@ def body_summary(body: BodyResult) -> BodySummary:
     )
 
 
+KINEMATICS_ARTIFACTS = {
+    ".mot": ("text/plain", "Joint coordinates of one track as an OpenSim motion file (degrees, filtered)."),
+    ".trc": ("text/plain", "The virtual markers of one track as an OpenSim marker file (metres)."),
+    ".osim": ("application/xml", "The OpenSim model scaled to one track's person, markers placed."),
+    ".csv": ("text/csv", "Joint coordinates of one track (degrees or metres, filtered)."),
+    ".png": ("image/png", "Hip, knee and ankle flexion of one track over time."),
+}
+
+
+def _kinematics_frames(kin: KinematicsResult | None) -> dict[tuple[int, int], KinematicsFrame]:
+    """(track id, frame index) -> KinematicsFrame."""
+    out: dict[tuple[int, int], KinematicsFrame] = {}
+    for tk in kin.tracks if kin else []:
+        shown = degrees(tk.values, kin.rotational)
+        for k, idx in enumerate(tk.frame_index.tolist()):
+            out[(tk.track_id, idx)] = KinematicsFrame(
+                coordinates=_round(shown[k], 3), marker_error_m=round(float(tk.marker_error_m[k]), 4),
+                out_of_range=[n for n, bad in zip(kin.coordinate_names, tk.violations[k], strict=True) if bad])
+    return out
+
+
+def _track_kinematics(tk: TrackKinematics, kin: KinematicsResult) -> TrackKinematics_:
+    shown = degrees(tk.values, kin.rotational)
+    gait = None
+    if tk.gait is not None:
+        g = tk.gait
+        frame = lambda idx: [int(tk.frame_index[i]) for i in idx]  # noqa: E731  rows -> sampled frame indices
+        gait = GaitSummary(heel_strikes_left=frame(g.left.heel_strikes), heel_strikes_right=frame(g.right.heel_strikes),
+                           toe_offs_left=frame(g.left.toe_offs), toe_offs_right=frame(g.right.toe_offs),
+                           cadence_steps_per_min=round(g.cadence_steps_per_min, 2), step_time_s=round(g.step_time_s, 4),
+                           step_length_m=round(g.step_length_m, 4),
+                           walking_speed_m_s=None if g.walking_speed_m_s is None else round(g.walking_speed_m_s, 4))
+    a = tk.artifacts
+    return TrackKinematics_(
+        frames=len(tk.frame_index), marker_error_rms_m=round(float(np.sqrt(np.mean(tk.marker_error_m**2))), 4),
+        ranges=[CoordinateRange(name=n, min=round(float(shown[:, i].min()), 3), max=round(float(shown[:, i].max()), 3))
+                for i, n in enumerate(kin.coordinate_names)],
+        out_of_range_frames=int(tk.violations.any(1).sum()),
+        scale_factors=[BodyScale(body=b, factor=round(f, 4)) for b, f in tk.scale_factors.items()],
+        gait=gait, mot_artifact=a["mot"], trc_artifact=a["trc"], osim_artifact=a["osim"], csv_artifact=a["csv"],
+        plot_artifact=a["png"])
+
+
+def kinematics_model_info(kin: KinematicsResult) -> KinematicsModelInfo:
+    ranges = degrees(kin.ranges.T, kin.rotational).T  # (C, 2)
+    return KinematicsModelInfo(
+        model=MODEL_SOURCE, method="opensim_ik", coordinate_names=kin.coordinate_names,
+        coordinate_units=["deg" if r else "m" for r in kin.rotational],
+        model_ranges=[CoordinateRange(name=n, min=round(float(lo), 3), max=round(float(hi), 3))
+                      for n, (lo, hi) in zip(kin.coordinate_names, ranges, strict=True)],
+        marker_names=kin.marker_names, convention=CONVENTION, zero_pose=ZERO_POSE, filter=kin.filter,
+        frame="pelvis translations in the camera's frame turned to OpenSim's axes: x towards the camera, "
+              "y the camera's up, z the image's left")
+
+
+def kinematics_summary(kin: KinematicsResult) -> KinematicsSummary:
+    err = np.concatenate([t.marker_error_m for t in kin.tracks]) if kin.tracks else np.zeros(0)
+    return KinematicsSummary(frames=len(err), marker_error_rms_m=round(float(np.sqrt(np.mean(err**2))), 4) if len(err) else 0.0,
+                             out_of_range_frames=int(sum(t.violations.any(1).sum() for t in kin.tracks)))
+
+
 def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, timings: list[StageTiming],
                  seconds: float, job_id: str | None, body: BodyResult | None = None,
-                 body_model: BodyModelInfo | None = None, artifacts: dict[str, bytes] | None = None) -> KinemeshResult:
+                 body_model: BodyModelInfo | None = None, artifacts: dict[str, bytes] | None = None,
+                 kinematics: KinematicsResult | None = None) -> KinemeshResult:
     want_2d = "keypoints_2d" in options.outputs
     want_3d = "keypoints_3d" in options.outputs
     bodies = _body_frames(body)
     track_bodies = {tb.track_id: _track_body(tb) for tb in body.tracks} if body else {}
+    kin_frames = _kinematics_frames(kinematics)
+    track_kin = {tk.track_id: _track_kinematics(tk, kinematics) for tk in kinematics.tracks} if kinematics else {}
     w, h = tracks.meta.width, tracks.meta.height
     frames: list[FrameInfo] = []
     per_track: dict[int, list[TrackFrame]] = {}
@@ -153,10 +235,11 @@ def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, ti
                 keypoints_2d=kp2d,
                 keypoints_3d=_round(obs.world, 4) if want_3d else None,
                 body=bodies.get((tid, f.index)),
+                kinematics=kin_frames.get((tid, f.index)),
             ))
     track_docs = [
         Track(track_id=tid, first_frame=tf[0].index, last_frame=tf[-1].index, frames=tf,
-              body=track_bodies.get(tid))
+              body=track_bodies.get(tid), kinematics=track_kin.get(tid))
         for tid, tf in sorted(per_track.items())
     ]
     return KinemeshResult(
@@ -172,11 +255,13 @@ def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, ti
             tracks=len(track_docs),
             seconds=round(seconds, 4),
             body=body_summary(body) if body else None,
+            kinematics=kinematics_summary(kinematics) if kinematics else None,
         ),
         timings=timings,
         frames=frames,
         tracks=track_docs,
         body_model=body_model,
+        kinematics_model=kinematics_model_info(kinematics) if kinematics else None,
         artifacts=artifact_infos(artifacts or {}),
     )
 

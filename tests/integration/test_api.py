@@ -81,7 +81,8 @@ def test_real_clip_gives_landmarks_on_every_person_frame(acme: Client, finished_
 
 
 def test_artifact_listing_and_download(acme: Client, finished_job: dict) -> None:
-    assert finished_job["artifacts"] == ["keypoints.npz", "mesh.npz", "mesh_track0.glb"]
+    kinematics = [f"kinematics_track0.{ext}" for ext in ("csv", "mot", "osim", "png", "trc")]
+    assert finished_job["artifacts"] == sorted(["keypoints.npz", "mesh.npz", "mesh_track0.glb", *kinematics])
     resp = acme.http.get(f"/v1/jobs/{finished_job['id']}/artifacts/keypoints.npz")
     assert resp.status_code == 200
     arrays = np.load(io.BytesIO(resp.content))
@@ -94,7 +95,7 @@ def test_job_returns_bodies_and_an_animated_mesh(acme: Client, finished_job: dic
     """The body stage through the real service: per-frame bodies, a refinement that lowered the
     2D error, and a GLB that an independent glTF reader opens with one frame per body."""
     result = acme.result(finished_job["id"])
-    assert result["schema_version"] == 2
+    assert result["schema_version"] == 3
     model, summary = result["body_model"], result["summary"]["body"]
     assert model["trained"] and model["refinement_steps"] > 0 and len(model["joint_names"]) == 24
     (track,) = result["tracks"]
@@ -132,6 +133,39 @@ def test_job_returns_bodies_and_an_animated_mesh(acme: Client, finished_job: dic
     x, h = npz["track0_rest_vertices"], npz["track0_rest_heads"]
     skinned = np.einsum("vn,nvc->vc", npz["skin_weights"], np.einsum("nij,nvj->nvi", g, x[None] - h[:, None]) + w[:, None])
     assert np.abs(skinned - verts[-1]).max() < 5e-3  # float16 storage of the posed vertices
+
+
+def test_job_returns_kinematics_and_opensim_files(acme: Client, finished_job: dict, tmp_path) -> None:
+    """The kinematics stage through the real service: OpenSim-named coordinates per frame inside a
+    plausible range, the model, method and filter stated, and .mot/.trc/.osim files OpenSim loads."""
+    import opensim
+
+    result = acme.result(finished_job["id"])
+    model, summary = result["kinematics_model"], result["summary"]["kinematics"]
+    names = model["coordinate_names"]
+    assert {"pelvis_tilt", "hip_flexion_r", "knee_angle_r", "ankle_angle_r", "arm_flex_r", "elbow_flex_r"} <= set(names)
+    assert model["method"] == "opensim_ik" and "6 Hz" in model["filter"] and "BSD-3" in model["model"]
+    assert model["coordinate_units"][names.index("knee_angle_r")] == "deg"
+    assert model["coordinate_units"][names.index("pelvis_tx")] == "m"
+    (track,) = result["tracks"]
+    coords = np.asarray([tf["kinematics"]["coordinates"] for tf in track["frames"]])  # (T, C)
+    assert coords.shape == (len(track["frames"]), len(names)) and np.isfinite(coords).all()
+    knee = coords[:, names.index("knee_angle_r")]
+    assert -5 < knee.min() and knee.max() < 160  # degrees, within what a knee does
+    tk = track["kinematics"]
+    assert summary["frames"] == tk["frames"] == len(coords) and 0 < summary["marker_error_rms_m"] < 0.05
+    assert {s["body"] for s in tk["scale_factors"]} >= {"pelvis", "femur_r", "tibia_l"}
+    ranges = {r["name"]: r for r in tk["ranges"]}
+    assert ranges["knee_angle_r"]["min"] == pytest.approx(knee.min(), abs=1e-3)
+    for kind in ("mot", "trc", "osim"):
+        (tmp_path / f"t.{kind}").write_bytes(acme.artifact(finished_job["id"], tk[f"{kind}_artifact"]))
+    times, = [opensim.TimeSeriesTable(str(tmp_path / "t.mot")).getIndependentColumn()]
+    assert len(times) == len(coords)
+    assert opensim.TimeSeriesTableVec3(str(tmp_path / "t.trc")).getNumRows() == len(coords)
+    assert opensim.Model(str(tmp_path / "t.osim")).getCoordinateSet().getSize() == len(names)
+    assert acme.artifact(finished_job["id"], tk["plot_artifact"])[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_head = acme.artifact(finished_job["id"], tk["csv_artifact"]).decode().splitlines()[0]
+    assert csv_head.startswith("frame,time_s,pelvis_tilt (deg)")
 
 
 _GLTF_TYPES = {5126: np.float32, 5125: np.uint32, 5123: np.uint16, 5121: np.uint8}

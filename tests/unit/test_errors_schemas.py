@@ -68,7 +68,7 @@ def sample_result() -> dict:
     kp2 = [[10.0 + i, 20.0, 0.9, 0.95] for i in range(33)]
     kp3 = [[0.01 * i, 0.0, 0.1] for i in range(33)]
     doc = {
-        "schema_version": 2, "job_id": "abc", "created_at": "2026-11-28T10:00:00Z",
+        "schema_version": 3, "job_id": "abc", "created_at": "2026-11-28T10:00:00Z",
         "software": {"name": "kinemesh", "version": "0.1.0"},
         "options": {"target_fps": 30.0, "max_people": 1, "outputs": ["keypoints_2d", "keypoints_3d"]},
         "clip": {"width": 1080, "height": 1920, "rotation_deg": 0, "source_fps": 60.0, "target_fps": 30.0,
@@ -102,3 +102,14 @@ def test_schema_carries_bodies_and_rejects_a_wrong_joint_count(sample_result: di
     doc["tracks"][0]["frames"][0]["body"]["body_pose"] = [[0.0, 0.0, 0.0]] * 20
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(doc, schema)
+
+
+def test_kinematics_output_needs_the_body_output() -> None:
+    from pydantic import ValidationError
+
+    from kinemesh.services.common.schemas import JobOptions
+
+    assert "kinematics" in JobOptions().outputs and "body" in JobOptions().outputs
+    with pytest.raises(ValidationError, match="kinematics"):
+        JobOptions(outputs=["keypoints_2d", "kinematics"])
+    assert JobOptions(outputs=["body"]).outputs == ["body"]
