@@ -79,7 +79,10 @@ def scale_model(model: OsimModel, static: np.ndarray, names: list[str], out_path
         maker = tool.getGenericModelMaker()
         maker.setModelFileName(str(model.model_path.resolve()))
         markers_file = Path(tmp) / "markers.xml"
-        model.marker_set().printToXML(str(markers_file))
+        marker_set = model.marker_set().clone()
+        for i in range(marker_set.getSize()):  # every virtual marker is placed on the subject (the generic
+            marker_set.get(i).set_fixed(False)  # set fixes the arms', which then pull the trunk off neutral)
+        marker_set.printToXML(str(markers_file))
         maker.setMarkerSetFileName(str(markers_file))
         scaler = tool.getModelScaler()
         scaler.setApply(True)

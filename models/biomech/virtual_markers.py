@@ -28,6 +28,24 @@ SIDES = {"L": 1.0, "r": -1.0}  # OpenCap's prefixes; the sign of x on that side 
 # Joint centres of the study set, taken from the body model's joints (they are inside the body)
 JOINT_MARKERS = {"RHJC_study": "right_hip", "LHJC_study": "left_hip"}
 
+# The bone each marker's landmark is on, named by the body-model joint that moves that bone (SMPL
+# order: the thigh turns at the hip, the shank at the knee, ...). `rigid_positions` carries a marker
+# with its bone, as a marker on a bony landmark moves; a skinned vertex near a joint is a blend of two
+# bones (the ASIS vertex moves 15 % with the thigh), which tilts the fitted pelvis in deep flexion.
+_BONE = {"ASIS": "pelvis", "PSIS": "pelvis", "knee": "hip", "mknee": "hip", "ankle": "knee", "mankle": "knee",
+         "toe": "foot", "calc": "ankle", "5meta": "ankle", "shoulder": "collar", "lelbow": "shoulder",
+         "melbow": "shoulder", "lwrist": "elbow", "mwrist": "elbow"}
+
+
+def marker_bone(name: str) -> str:
+    """Body-model joint whose bone carries the study marker `name` (e.g. r_knee_study -> right_hip)."""
+    if name == "C7_study":
+        return "spine3"
+    side = {"L": "left", "r": "right"}[name[0]]
+    landmark = name[2:].removesuffix("_study")
+    bone = _BONE[landmark]
+    return bone if bone == "pelvis" else f"{side}_{bone}"
+
 
 @dataclass(frozen=True)
 class VirtualMarkerSet:
@@ -45,6 +63,29 @@ class VirtualMarkerSet:
         index = [list(joint_names).index(j) for j in JOINT_MARKERS.values()]
         points = np.concatenate([self.positions(vertices), np.asarray(joints)[..., index, :]], -2)
         return [*self.names, *JOINT_MARKERS], points
+
+
+def rigid_positions(markers: VirtualMarkerSet, layer, rotations, shape, translation) -> tuple[list[str], np.ndarray]:
+    """Markers carried rigidly by their bones (see `marker_bone`) plus the joint-centre markers:
+    names and positions (T, M + 2, 3) for rotations (T, J, 3, 3), one shape (S,) and translations
+    (T, 3) of a body-model layer. Cheaper than skinning the mesh: no vertex but the markers is posed."""
+    import torch
+
+    names = list(layer.config.joint_names)
+    node_joint = np.asarray(layer.config.node_joint)
+    bone_node = [int(np.flatnonzero(node_joint == names.index(marker_bone(m)))[0]) for m in markers.names]
+    rot = torch.as_tensor(rotations, dtype=torch.float32)
+    T = rot.shape[0]
+    with torch.no_grad():
+        rest, heads = layer.shaped(torch.as_tensor(shape, dtype=torch.float32)[None])  # (1, V, 3), (1, N, 3)
+        g, w = layer.node_transforms(rot, heads.expand(T, -1, -1))  # (T, N, 3, 3), (T, N, 3)
+        local = rest[0, markers.vertex_ids] - heads[0, bone_node]  # (M, 3) offsets from each bone's head
+        surface = (g[:, bone_node] @ local[None, :, :, None])[..., 0] + w[:, bone_node]  # (T, M, 3)
+        joints = torch.einsum("jn,tnc->tjc", layer.joint_from_nodes, w)  # (T, J, 3)
+    transl = torch.as_tensor(translation, dtype=torch.float32)[:, None]
+    centres = joints[:, [names.index(j) for j in JOINT_MARKERS.values()]]
+    points = torch.cat([surface, centres], 1) + transl
+    return [*markers.names, *JOINT_MARKERS], points.numpy()
 
 
 def to_opensim_frame(points: np.ndarray) -> np.ndarray:

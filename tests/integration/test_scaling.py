@@ -11,8 +11,8 @@ import torch
 
 from kinemesh.models.assets.opensim_models import ensure_opensim_model
 from kinemesh.models.biomech import OsimModel, study_markers
-from kinemesh.models.biomech.scaling import scale_model
-from kinemesh.models.biomech.virtual_markers import to_opensim_frame
+from kinemesh.models.biomech.scaling import NEUTRAL, scale_model
+from kinemesh.models.biomech.virtual_markers import rigid_positions, to_opensim_frame
 from kinemesh.models.body.assets import load_body_model
 from kinemesh.models.training.motion import DOF_INDEX, dofs_to_rotations, motion_sequence
 from kinemesh.models.training.synth import arm_rest
@@ -44,23 +44,23 @@ def test_virtual_markers_of_a_squat_track_through_the_scaled_model(model: OsimMo
     scaled = scale_model(model, to_opensim_frame(static) + STANDING, labels, tmp_path / "subject.osim")
     assert 0.7 < scaled.scale_factors["femur_r"] < 1.1  # Anny's mean body is a small adult
     angles = motion_sequence("squat", 45, 30.0, np.random.default_rng(0))
-    posed = layer(dofs_to_rotations(torch.from_numpy(angles).float(), None, arm_rest(layer)),
-                  torch.zeros(45, 10), torch.zeros(45, 3))
-    _, track = markers.with_joints(posed.vertices.numpy(), posed.joints.numpy(), names)
+    rotations = dofs_to_rotations(torch.from_numpy(angles).float(), None, arm_rest(layer))
+    _, track = rigid_positions(markers, layer, rotations, np.zeros(10), np.zeros((45, 3)))
     subject = OsimModel(scaled.model_path)
+    still = subject.inverse_kinematics(np.repeat(to_opensim_frame(static)[None] + STANDING, 3, 0), labels, fps=30.0)
+    legs = [subject.coordinate_names.index(c) for c in NEUTRAL]  # (the rest arms hang in an A, not at the sides)
+    assert np.abs(np.degrees(still.values[:, legs])).max() < 1.0  # the rest pose is the zero pose
     ik = subject.inverse_kinematics(to_opensim_frame(track) + STANDING, labels, fps=30.0)
-    assert float(np.sqrt(np.mean(ik.marker_rms_m**2))) < 0.03  # mesh and OpenSim skeletons differ a little
-    # OpenSim's knee and hip flexion follow the body model's (same sign: flexion positive); the knees
-    # agree within a few degrees. Hip flexion is offset (~17 degrees, the pelvis tilts differently in
-    # the two skeletons) and so is checked for following the motion only: open work for issue 4.
-    for coord, dof, max_mean_diff in (("knee_angle_r", "knee_flex_r", 12.0), ("knee_angle_l", "knee_flex_l", 12.0),
-                                      ("hip_flexion_r", "hip_flex_r", None)):
+    assert float(np.sqrt(np.mean(ik.marker_rms_m**2))) < 0.02  # mesh and OpenSim skeletons differ a little
+    # OpenSim's knee and hip flexion follow the body model's (same sign: flexion positive). The motion
+    # generator's zero pose is not quite the rest pose (pelvis 7 degrees forward), hence a few degrees.
+    for coord, dof in (("knee_angle_r", "knee_flex_r"), ("knee_angle_l", "knee_flex_l"), ("hip_flexion_r", "hip_flex_r"),
+                       ("hip_flexion_l", "hip_flex_l")):
         opensim_deg = np.degrees(ik.values[:, subject.coordinate_names.index(coord)])
         truth_deg = angles[:, DOF_INDEX[dof]]
         assert np.ptp(truth_deg) > 30  # the squat moves it
-        assert np.corrcoef(opensim_deg, truth_deg)[0, 1] > 0.95, coord
-        if max_mean_diff is not None:
-            assert np.abs(opensim_deg - truth_deg).mean() < max_mean_diff, coord
+        assert np.corrcoef(opensim_deg, truth_deg)[0, 1] > 0.98, coord
+        assert np.abs(opensim_deg - truth_deg).mean() < 8, (coord, np.abs(opensim_deg - truth_deg).mean())
     lo = np.array([c.range_min for c in subject.coordinates]) - 1e-6
     hi = np.array([c.range_max for c in subject.coordinates]) + 1e-6
     assert ((ik.values >= lo) & (ik.values <= hi)).all()

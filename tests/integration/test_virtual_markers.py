@@ -64,3 +64,25 @@ def test_markers_ride_on_the_skin(body) -> None:
     knee_rest, knee_posed = rest.joints[0, k].numpy(), posed.joints[0, k].numpy()
     i = markers.names.index("r_ankle_study")
     assert np.linalg.norm(b[i] - knee_posed) == pytest.approx(np.linalg.norm(a[i] - knee_rest), abs=0.01)
+
+
+def test_rigid_markers_equal_the_mesh_at_rest_and_keep_to_their_bones(body) -> None:
+    from kinemesh.models.biomech.virtual_markers import JOINT_MARKERS, marker_bone, rigid_positions
+
+    layer, rest, markers = body
+    names = list(layer.config.joint_names)
+    eye = torch.eye(3).repeat(2, 24, 1, 1)
+    labels, at_rest = rigid_positions(markers, layer, eye, np.zeros(10), np.zeros((2, 3)))
+    assert labels == [*markers.names, *JOINT_MARKERS]
+    assert np.allclose(at_rest[0, :29], markers.positions(rest.vertices[0].numpy()), atol=1e-5)
+    assert np.allclose(at_rest[0, 29:], rest.joints[0, [names.index(j) for j in JOINT_MARKERS.values()]], atol=1e-5)
+    rot = eye.clone()
+    rot[1, names.index("right_hip")] = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])  # thigh forward 90 deg
+    _, moved = rigid_positions(markers, layer, rot, np.zeros(10), np.zeros((2, 3)))
+    knee = markers.names.index("r_knee_study")
+    assert marker_bone("r_knee_study") == "right_hip" and marker_bone("r.ASIS_study") == "pelvis"
+    hip = rest.joints[0, names.index("right_hip")].numpy()
+    assert np.linalg.norm(moved[1, knee] - hip) == pytest.approx(np.linalg.norm(at_rest[0, knee] - hip), abs=1e-4)
+    assert moved[1, knee, 2] > at_rest[0, knee, 2] + 0.2  # the knee marker swung forwards with the thigh
+    asis = markers.names.index("r.ASIS_study")
+    assert np.allclose(moved[1, asis], at_rest[0, asis], atol=1e-6)  # the pelvis did not move

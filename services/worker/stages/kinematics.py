@@ -27,14 +27,19 @@ from kinemesh.models.biomech.gait import GaitResult, gait_events
 from kinemesh.models.biomech.opensim_model import OsimModel, degrees, write_mot
 from kinemesh.models.biomech.scaling import scale_model
 from kinemesh.models.biomech.signal import LowPass, limit_violations
-from kinemesh.models.biomech.virtual_markers import VirtualMarkerSet, study_markers, to_opensim_frame
+from kinemesh.models.biomech.virtual_markers import (
+    VirtualMarkerSet,
+    rigid_positions,
+    study_markers,
+    to_opensim_frame,
+)
 from kinemesh.models.body.layer import BodyLayer
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import StageContext
 from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
 
 STAGE = "kinematics"
-MESH_CHUNK = 256  # frames of mesh vertices held at once (13,718 vertices each)
+MESH_CHUNK = 1024  # frames posed at once
 PLOTTED = ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l", "ankle_angle_r", "ankle_angle_l")
 MODEL_SOURCE = "Pose2Sim Model_Pose2Sim_simple.osim with OpenCap's study markers (pose2sim wheel, BSD-3-Clause)"
 CONVENTION = ("OpenSim's: angles in degrees, translations in metres; flexion, adduction and internal rotation "
@@ -92,15 +97,12 @@ class KinematicsStage:
         return out.vertices.numpy(), out.joints.numpy()
 
     def _track_markers(self, tb: TrackBodies) -> tuple[list[str], np.ndarray]:
-        """(names, (T, M, 3) OpenSim-frame marker positions) of one track, mesh built chunk by chunk."""
-        shape = torch.from_numpy(tb.shape)[None]
+        """(names, (T, M, 3) OpenSim-frame marker positions) of one track: each marker carried by its
+        bone (`rigid_positions`), chunk by chunk."""
         chunks, names = [], []
         for i in range(0, len(tb.frame_index), MESH_CHUNK):
             sl = slice(i, i + MESH_CHUNK)
-            n = len(tb.frame_index[sl])
-            verts, joints = self._mesh(torch.from_numpy(tb.rotations[sl]), shape.expand(n, -1),
-                                       torch.from_numpy(tb.translation[sl]))
-            names, points = self.markers.with_joints(verts, joints, self.layer.config.joint_names)
+            names, points = rigid_positions(self.markers, self.layer, tb.rotations[sl], tb.shape, tb.translation[sl])
             chunks.append(to_opensim_frame(points))
         return names, np.concatenate(chunks)
 
