@@ -200,8 +200,9 @@ class KinematicsFrame(_Doc):
                                      "for rotational coordinates, metres for translational ones; low-pass filtered.")
     marker_error_m: float = Field(..., ge=0, description="RMS distance between the virtual markers and the "
                                   "model's markers in this frame, metres (before filtering).")
-    out_of_range: list[str] = Field(default_factory=list, description="Coordinates outside the model's range "
-                                    "in this frame.")
+    out_of_range: list[str] = Field(default_factory=list, description="Joint coordinates outside the model's "
+                                    "range in this frame (the pelvis's global position and orientation are "
+                                    "not checked: they are in the camera's frame).")
 
 
 class CoordinateRange(_Doc):

@@ -108,6 +108,10 @@ class KinematicsStage:
 
     def run(self, body: BodyResult, fps: float, ctx: StageContext) -> KinematicsResult:
         m = self.model
+        # The pelvis's position and orientation are the body's place in the camera's frame, not joint
+        # angles: their model ranges describe a lab (pelvis_rotation within +-90 degrees of it), so a
+        # person facing away from the camera is not "out of range". Only the joints are checked.
+        anatomical = np.array([not n.startswith("pelvis_") for n in m.coordinate_names])
         out, artifacts = [], {}
         with self._lock, tempfile.TemporaryDirectory(prefix="kinemesh-kinematics-") as tmp:
             for k, tb in enumerate(body.tracks):
@@ -127,7 +131,7 @@ class KinematicsStage:
                 time_s = tb.timestamps_s - tb.timestamps_s[0]
                 track = TrackKinematics(
                     track_id=tb.track_id, frame_index=tb.frame_index, time_s=time_s, values=values,
-                    marker_error_m=ik.marker_rms_m, violations=limit_violations(values, m.coordinates),
+                    marker_error_m=ik.marker_rms_m, violations=limit_violations(values, m.coordinates) & anatomical,
                     scale_factors=scaled.scale_factors, gait=self._gait(names, markers, fps))
                 stem = f"kinematics_track{tb.track_id}"
                 write_mot(folder / "filtered.mot", values, m.coordinate_names, m.rotational, time_s)
