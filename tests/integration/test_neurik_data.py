@@ -1,0 +1,51 @@
+"""NeurIK's synthetic data: coordinates inside the model's ranges with the body model's motions,
+markers that are the exact forward kinematics of the coordinates on each scaled subject (before
+noise), subjects of different sizes, occlusions as NaN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kinemesh.models.assets.opensim_models import ensure_opensim_model
+from kinemesh.models.biomech import OsimModel, study_markers
+from kinemesh.models.biomech.neurik_data import generate
+from kinemesh.models.body.assets import load_body_model
+
+
+@pytest.fixture(scope="module")
+def parts(clips: dict[str, Path], model_dir: Path, body_file: Path):
+    model = OsimModel(*ensure_opensim_model(model_dir / "opensim", clips["single_cam01"].parents[1]))
+    layer = load_body_model(body_file, num_shape=10)
+    rest = layer(torch.eye(3).expand(1, 24, 3, 3), torch.zeros(1, 10), torch.zeros(1, 3))
+    return model, layer, study_markers(rest.vertices[0].numpy(), rest.joints[0].numpy(), layer.config.joint_names)
+
+
+def test_exact_markers_for_coordinates_in_range(parts, tmp_path: Path) -> None:
+    model, layer, markers = parts
+    d = generate(model, layer, markers, subjects=2, sequences_per_subject=2, frames=30, seed=3, noise_m=0.0,
+                 occlusion=0.0, work_dir=tmp_path)
+    assert d.markers.shape == (4, 30, 31, 3) and d.coordinates.shape == (4, 30, 40)
+    assert d.coordinate_names == model.coordinate_names and len(d.marker_names) == 31
+    lo = np.array([c.range_min for c in model.coordinates]) - 1e-6
+    hi = np.array([c.range_max for c in model.coordinates]) + 1e-6
+    assert ((d.coordinates >= lo) & (d.coordinates <= hi)).all()
+    for p in range(4):  # the markers are the subject model's forward kinematics of the coordinates
+        subject = OsimModel(tmp_path / f"subject{d.subject[p]}.osim")
+        order = [subject.marker_names.index(n) for n in d.marker_names]
+        assert np.allclose(subject.marker_positions(d.coordinates[p])[:, order], d.markers[p], atol=1e-4)
+    knee = d.coordinates[:, :, model.coordinate_names.index("knee_angle_r")]
+    assert np.ptp(knee) > np.radians(20)  # the motions move the joints
+    femur = d.scale_factors[:, d.bodies.index("femur_r")]
+    assert femur[d.subject == 0][0] != pytest.approx(femur[d.subject == 1][0], abs=0.01)  # two sizes
+
+
+def test_noise_and_occlusion(parts) -> None:
+    model, layer, markers = parts
+    d = generate(model, layer, markers, subjects=1, sequences_per_subject=4, frames=30, seed=4, occlusion=1.0)
+    hidden = np.isnan(d.markers).any(-1)  # (P, T, M)
+    assert hidden.any(axis=(1, 2)).all()  # every sequence lost a marker for a while
+    assert hidden.mean() < 0.05 and np.isfinite(d.coordinates).all()
