@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 VAR ?= var
 STAMP := $(VENV)/.kinemesh-installed
 
-.PHONY: setup demo test bench bench-body lint models body clips bundle train-default clean schema opensim
+.PHONY: setup demo test bench bench-body lint models body clips bundle train-default train-neurik clean schema opensim
 
 setup: $(STAMP) models body clips bundle opensim
 
@@ -28,6 +28,10 @@ body: $(STAMP)
 
 clips: $(STAMP)
 	$(PY) -m kinemesh.models.assets.pose2sim_clips --cache-dir $(VAR)/cache/pose2sim
+
+# NeurIK on synthetic data (not yet served: the kinematics stage runs OpenSim IK).
+train-neurik: setup
+	OMP_NUM_THREADS=2 $(PY) -m kinemesh.models.training.train_neurik --out models/weights/neurik --var $(VAR)
 
 # The biomechanical model: Pose2Sim's simple OpenSim model and anatomical marker set (BSD-3).
 opensim: $(STAMP)

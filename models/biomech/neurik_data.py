@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kinemesh.models.biomech.neurik import PELVIS_MARKERS
 from kinemesh.models.biomech.opensim_model import OsimModel
 from kinemesh.models.biomech.scaling import scale_model
 from kinemesh.models.biomech.virtual_markers import VirtualMarkerSet, rigid_positions, to_opensim_frame
@@ -67,6 +68,7 @@ def generate(model: OsimModel, layer, markers: VirtualMarkerSet, subjects: int, 
             scaled = scale_model(model, to_opensim_frame(static[0]) + STANDING, names, folder / f"subject{s}.osim")
             subject = OsimModel(scaled.model_path)
             order = [subject.marker_names.index(n) for n in names]
+            limb = [i for i, n in enumerate(names) if n not in PELVIS_MARKERS]
             bodies = sorted(scaled.scale_factors)
             for _ in range(sequences_per_subject):
                 kind = MOTIONS[int(rng.integers(len(MOTIONS)))]
@@ -81,8 +83,8 @@ def generate(model: OsimModel, layer, markers: VirtualMarkerSet, subjects: int, 
                 coords = np.clip(teacher + drift, lo, hi)
                 pos = subject.marker_positions(coords)[:, order]  # (T, M, 3) exact, in `names` order
                 pos = pos + rng.normal(0.0, noise_m, pos.shape)
-                if rng.uniform() < occlusion:  # one marker hidden over a stretch
-                    j = int(rng.integers(pos.shape[1]))
+                if rng.uniform() < occlusion:  # one marker hidden over a stretch (not the pelvis's six,
+                    j = int(rng.choice(limb))    # which place the pelvis and are never hidden on a mesh)
                     a = int(rng.integers(frames))
                     pos[a:a + int(rng.integers(frames // 4, frames + 1)), j] = np.nan
                 out_m.append(pos.astype(np.float32))

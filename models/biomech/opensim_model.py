@@ -74,6 +74,15 @@ class OsimModel:
         """The model's OpenSim MarkerSet (to write it out, e.g. for the scale tool)."""
         return self._model.getMarkerSet()
 
+    def marker_locations(self, names: list[str] | tuple[str, ...]) -> np.ndarray:
+        """(n, 3) each marker's fixed location in its parent body's frame, metres."""
+        ms = self._model.getMarkerSet()
+        out = []
+        for n in names:
+            loc = ms.get(n).get_location()
+            out.append((loc.get(0), loc.get(1), loc.get(2)))
+        return np.asarray(out)
+
     @property
     def coordinate_names(self) -> list[str]:
         return [c.name for c in self.coordinates]

@@ -49,3 +49,21 @@ def test_noise_and_occlusion(parts) -> None:
     hidden = np.isnan(d.markers).any(-1)  # (P, T, M)
     assert hidden.any(axis=(1, 2)).all()  # every sequence lost a marker for a while
     assert hidden.mean() < 0.05 and np.isfinite(d.coordinates).all()
+
+
+def test_training_script_writes_weights_and_a_record(parts, tmp_path: Path, model_dir: Path) -> None:
+    """A tiny run of `train_neurik` end to end: data, training steps, held-out RMSE, weights, record."""
+    import json
+
+    from kinemesh.models.biomech.neurik import NeurIK, NeurIKConfig
+    from kinemesh.models.training import train_neurik
+
+    var = model_dir.parent
+    assert train_neurik.main(["--out", str(tmp_path), "--var", str(var), "--subjects", "2", "--sequences", "2",
+                              "--frames", "20", "--steps", "6", "--batch", "4"]) == 0
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["seeds"]["train_data"] == 0 and record["steps"] == 6 and record["held_out_rmse_deg_mean"] > 0
+    saved = torch.load(tmp_path / "neurik.pt", weights_only=False)
+    assert len(saved["coordinate_names"]) == 34 and "knee_angle_r" in saved["coordinate_names"]
+    net = NeurIK(NeurIKConfig(**saved["config"]), torch.zeros(34), torch.ones(34))
+    net.load_state_dict(saved["state_dict"])
