@@ -40,14 +40,13 @@ from kinemesh.models.training.metrics import BODY_METRIC_JOINTS, mpjpe_mm, pa_mp
 from kinemesh.models.training.synth import FOCAL_PX, generate  # noqa: E402
 from kinemesh.models.training.train_default import body_joints  # noqa: E402
 from kinemesh.services.common.media import MediaLimits  # noqa: E402
+from kinemesh.services.worker.stages.kinematics import SAGITTAL  # noqa: E402
 
 VAR = REPO / "var"
 NO_LIMITS = MediaLimits(max_duration_s=1e9, max_pixels=1 << 40, max_side=1 << 20)  # benchmarks decode any clip
 HELD_OUT_SEED = 424242  # training used seeds 0 (train) and 1000 (validation)
 LAGS_30FPS = {cam: lag // 2 for cam, lag in SINGLE_PERSON_LAGS_60FPS.items()}  # the clips are sampled at 30 fps
 SYNTH_FPS = 30.0  # the held-out sequences' frame rate (the worker decodes keyframes at 15 Hz of it)
-
-SAGITTAL = ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l", "ankle_angle_r", "ankle_angle_l")
 
 DESCRIPTIONS = {
     "synth_mpjpe_mm_before": "held-out synthetic set (24 tracks x 30 frames at 30 fps, seed 424242, realistic 2D "
@@ -186,7 +185,7 @@ def real_clips(clips: dict[str, Path], model_dir: Path, stage) -> dict[str, floa
         out[f"real_pa_mpjpe_mm_vs_triangulation{label}"] = round(float(np.mean(list(acc.values()))), 1)
         print(f"PA-MPJPE against the triangulation per view{label}: { {c[-2:]: round(v) for c, v in acc.items()} }")
         if n:
-            out.update(kinematics_figures(bodies, model_dir))
+            out.update(kinematics_figures(bodies, model_dir, stage.layer))
             out["crossview_limb_pa_mpjpe_mm"] = round(_crossview_landmarks(
                 {cam: _body_landmarks(stage.layer, tb) for cam, tb in tracks.items()}), 1)
     world = {cam: {f.index: f.people[0][1].world for f in t.frames if f.people} for cam, t in views.items()}
@@ -194,22 +193,15 @@ def real_clips(clips: dict[str, Path], model_dir: Path, stage) -> dict[str, floa
     return out
 
 
-def kinematics_figures(bodies: dict, model_dir: Path) -> dict[str, float]:
-    """The kinematics stage on each view's bodies: how far the views disagree on the lower-limb
-    sagittal angles (frames matched by the calibrated lags), and its time per frame."""
+def kinematics_figures(bodies: dict, model_dir: Path, layer) -> dict[str, float]:
+    """The kinematics stage on each view's bodies (fitted with `layer`): how far the views disagree
+    on the lower-limb sagittal angles (frames matched by the calibrated lags), and its time per frame."""
     from kinemesh.services.worker.stages.base import NullContext
     from kinemesh.services.worker.stages.kinematics import KinematicsStage
 
-    stage = None
+    stage = KinematicsStage(model_dir, layer)
     angles, frames, seconds = {}, 0, 0.0
     for cam, body in bodies.items():
-        if stage is None:
-            from kinemesh.models.body.assets import load_body_model
-
-            bundle = VAR / "models" / "bundle" / "default"
-            m = json.loads((bundle / "manifest.json").read_text())
-            stage = KinematicsStage(model_dir, load_body_model(bundle / m["body_model"]["file"],
-                                                               num_shape=m["body_model"]["shape_components"]))
         t0 = time.perf_counter()
         res = stage.run(body, 30.0, NullContext())
         seconds += time.perf_counter() - t0

@@ -52,8 +52,7 @@ def generate(model: OsimModel, layer, markers: VirtualMarkerSet, subjects: int, 
     """`subjects` random bodies x `sequences_per_subject` motions of `frames` frames (see the module).
     The scaled subject models are kept in `work_dir` (subject<k>.osim) when given."""
     rng = np.random.default_rng(seed)
-    lo = np.array([c.range_min for c in model.coordinates])
-    hi = np.array([c.range_max for c in model.coordinates])
+    lo, hi = model.ranges.T  # (C,) each
     out_m, out_c, out_s, kinds, who = [], [], [], [], []
     names: list[str] = []
     bodies: list[str] = []
@@ -66,7 +65,7 @@ def generate(model: OsimModel, layer, markers: VirtualMarkerSet, subjects: int, 
             shape = np.clip(rng.normal(size=S), -max_shape, max_shape).astype(np.float32)
             names, static = rigid_positions(markers, layer, eye, shape, np.zeros((1, 3)))
             scaled = scale_model(model, to_opensim_frame(static[0]) + STANDING, names, folder / f"subject{s}.osim")
-            subject = OsimModel(scaled.model_path)
+            subject = scaled.model
             order = [subject.marker_names.index(n) for n in names]
             limb = [i for i, n in enumerate(names) if n not in PELVIS_MARKERS]
             bodies = sorted(scaled.scale_factors)

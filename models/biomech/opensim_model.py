@@ -92,6 +92,11 @@ class OsimModel:
         """(C,) bool: which coordinates are angles."""
         return np.array([c.rotational for c in self.coordinates])
 
+    @property
+    def ranges(self) -> np.ndarray:
+        """(C, 2) each coordinate's [min, max] in the model, SI."""
+        return np.array([[c.range_min, c.range_max] for c in self.coordinates])
+
     def default_values(self) -> np.ndarray:
         """(C,) the model's default pose, SI."""
         return np.array([c.default for c in self.coordinates])
@@ -182,8 +187,7 @@ def write_mot(path: Path | str, values: np.ndarray, names: list[str], rotational
               time_s: np.ndarray) -> None:
     """Coordinates (T, C) SI -> an OpenSim motion (.mot) file, angles in degrees."""
     osim = _opensim()
-    data = np.asarray(values, dtype=np.float64).copy()
-    data[:, rotational] = np.degrees(data[:, rotational])
+    data = degrees(values, rotational)
     table = osim.TimeSeriesTable()
     table.setColumnLabels(list(names))
     for t, row in zip(time_s, data, strict=True):

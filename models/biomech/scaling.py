@@ -43,6 +43,7 @@ MEASUREMENTS: dict[str, list[tuple[str, str]]] = {
 @dataclass(frozen=True)
 class ScaleResult:
     model_path: Path  # the scaled .osim (markers moved onto the static pose)
+    model: OsimModel  # that file, loaded
     scale_factors: dict[str, float]  # OpenSim body -> uniform scale factor
     static_rms_m: float  # RMS marker error of the static pose on the scaled model, metres
 
@@ -137,8 +138,9 @@ def scale_model(model: OsimModel, static: np.ndarray, names: list[str], out_path
         generic = _pair_lengths(model, measured)
         scaled = _pair_lengths(OsimModel(scaled_no_markers), measured)
         factors = {body: float(np.mean(scaled[body] / generic[body])) for body in generic}
-    ik = OsimModel(out_path).inverse_kinematics(frames, names, fps=30.0)
-    return ScaleResult(out_path, factors, float(np.sqrt(np.mean(ik.marker_rms_m**2))))
+    subject = OsimModel(out_path)
+    ik = subject.inverse_kinematics(frames, names, fps=30.0)
+    return ScaleResult(out_path, subject, factors, float(np.sqrt(np.mean(ik.marker_rms_m**2))))
 
 
 def _pair_lengths(model: OsimModel, measured: dict[str, list[tuple[str, str]]]) -> dict[str, np.ndarray]:

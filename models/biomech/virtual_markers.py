@@ -4,16 +4,15 @@ body-model mesh can be tracked by OpenSim like a motion-capture subject.
 Each marker is one vertex of the body model's mesh, chosen once on the rest mesh (mean shape, the
 model's rest pose) by an anatomical rule: the most anterior point of the pelvis a few centimetres
 above the hip joint is the ASIS, the most lateral point of the leg at the knee joint's height is
-the lateral femoral epicondyle, and so on. A vertex keeps its place on the skin under any shape and
-pose, so the ids are computed once per mesh topology and reused for every frame (as OpenCap and
-BioPose do with SMPL).
+the lateral femoral epicondyle, and so on. The ids are computed once per mesh topology (as OpenCap
+and BioPose do with SMPL); `rigid_positions` then carries each marker with the bone its landmark is
+on, and the hip joint centres come from the body model's joints.
 
 Frame: the body model's (x = the body's left, y up, z forwards), metres.
 Shape legend: V vertices, J joints, M markers.
 
-The thigh and shank clusters and the hip joint centres of the study set are not surface landmarks
-of fixed anatomy (clusters are stuck on where convenient; joint centres are inside the body), so
-they are left out: 29 markers (14 a side and C7).
+The thigh and shank clusters of the study set are not landmarks of fixed anatomy (they are stuck on
+where convenient), so they are left out: 29 surface markers (14 a side and C7) and 2 joint centres.
 """
 
 from __future__ import annotations
@@ -95,7 +94,7 @@ def to_opensim_frame(points: np.ndarray) -> np.ndarray:
     return np.stack([p[..., 2], p[..., 1], -p[..., 0]], -1)
 
 
-def _pick(vertices: np.ndarray, mask: np.ndarray, score: np.ndarray, what: str) -> int:
+def _pick(mask: np.ndarray, score: np.ndarray, what: str) -> int:
     """The vertex with the highest score among those in mask."""
     if not mask.any():
         raise ValueError(f"no mesh vertex qualifies as {what}: is this a human body mesh in its rest pose?")
@@ -123,22 +122,22 @@ def study_markers(vertices: np.ndarray, joints: np.ndarray, joint_names: list[st
         # pelvis, 4-10 cm above the hip joint: the ASIS is the most anterior point straight above the
         # joint (up to 4 cm outside it), the PSIS the most posterior point 1.5-8 cm from the midline
         band = (y > hip[1] + 0.04) & (y < hip[1] + 0.10)
-        out[f"{p}.ASIS_study"] = _pick(v, band & (sx > s * hip[0] - 0.01) & (sx < s * hip[0] + 0.04), z, "ASIS")
-        out[f"{p}.PSIS_study"] = _pick(v, band & (sx > 0.015) & (sx < 0.08), -z, "PSIS")
+        out[f"{p}.ASIS_study"] = _pick(band & (sx > s * hip[0] - 0.01) & (sx < s * hip[0] + 0.04), z, "ASIS")
+        out[f"{p}.PSIS_study"] = _pick(band & (sx > 0.015) & (sx < 0.08), -z, "PSIS")
         # knee and ankle: the leg's most lateral and most medial points at the joint's height
         for name, joint, reach in (("knee", knee, 0.09), ("ankle", ankle, 0.07)):
             ring = (np.abs(y - joint[1]) < 0.015) & near(joint, reach)
-            out[f"{p}_{name}_study"] = _pick(v, ring, sx, f"lateral {name}")
-            out[f"{p}_m{name}_study"] = _pick(v, ring, -sx, f"medial {name}")
+            out[f"{p}_{name}_study"] = _pick(ring, sx, f"lateral {name}")
+            out[f"{p}_m{name}_study"] = _pick(ring, -sx, f"medial {name}")
         # foot: toe tip (most anterior), heel (most posterior below the ankle), fifth metatarsal head
         # (most lateral point of the forefoot)
         below = (y < ankle[1] - 0.01) & (np.abs(x - foot[0]) < 0.08)
-        out[f"{p}_toe_study"] = _pick(v, below, z, "toe")
-        out[f"{p}_calc_study"] = _pick(v, below & (z < ankle[2] + 0.02), -z, "heel")
+        out[f"{p}_toe_study"] = _pick(below, z, "toe")
+        out[f"{p}_calc_study"] = _pick(below & (z < ankle[2] + 0.02), -z, "heel")
         forefoot = below & (np.abs(z - foot[2]) < 0.03)
-        out[f"{p}_5meta_study"] = _pick(v, forefoot, sx, "fifth metatarsal")
+        out[f"{p}_5meta_study"] = _pick(forefoot, sx, "fifth metatarsal")
         # shoulder: the acromion, the top of the shoulder above the joint
-        out[f"{p}_shoulder_study"] = _pick(v, near(shoulder, 0.08) & (sx > s * shoulder[0] - 0.005), y, "acromion")
+        out[f"{p}_shoulder_study"] = _pick(near(shoulder, 0.08) & (sx > s * shoulder[0] - 0.005), y, "acromion")
         # elbow and wrist: the extremes across the limb, in the body's frontal plane
         for name, joint, nxt, reach in (("elbow", elbow, wrist, 0.05), ("wrist", wrist, j[f"{side}_hand"], 0.04)):
             axis = (nxt - joint) / np.linalg.norm(nxt - joint)
@@ -146,10 +145,10 @@ def study_markers(vertices: np.ndarray, joints: np.ndarray, joint_names: list[st
             across *= np.sign(s * across[0]) or 1.0  # pointing away from the body
             ring = near(joint, reach) & (np.abs((v - joint) @ axis) < 0.015)
             score = (v - joint) @ across
-            out[f"{p}_l{name}_study"] = _pick(v, ring, score, f"lateral {name}")
-            out[f"{p}_m{name}_study"] = _pick(v, ring, -score, f"medial {name}")
+            out[f"{p}_l{name}_study"] = _pick(ring, score, f"lateral {name}")
+            out[f"{p}_m{name}_study"] = _pick(ring, -score, f"medial {name}")
     # C7: the most posterior point of the back of the neck at the neck joint's height
     neck = j["neck"]
-    out["C7_study"] = _pick(v, (np.abs(y - neck[1]) < 0.03) & (np.abs(x) < 0.03), -z, "C7")
+    out["C7_study"] = _pick((np.abs(y - neck[1]) < 0.03) & (np.abs(x) < 0.03), -z, "C7")
     names = tuple(out)
     return VirtualMarkerSet(names, np.array([out[n] for n in names], dtype=np.int64))

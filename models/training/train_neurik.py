@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         x_tr, y_tr, _ = prepare(train, train_dir)
         x_va, y_va, _ = prepare(val, val_dir)
         joints = joint_indices(model.coordinate_names)
-        lower = torch.tensor([model.coordinates[i].range_min for i in joints])
-        upper = torch.tensor([model.coordinates[i].range_max for i in joints])
+        lower, upper = torch.from_numpy(model.ranges[joints]).T  # (C,) each
         cfg = NeurIKConfig(markers=x_tr.shape[2], coordinates=len(joints), bodies=len(train.bodies))
         net = NeurIK(cfg, lower, upper)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)

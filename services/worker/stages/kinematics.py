@@ -28,6 +28,7 @@ from kinemesh.models.biomech.opensim_model import OsimModel, degrees, write_mot
 from kinemesh.models.biomech.scaling import scale_model
 from kinemesh.models.biomech.signal import LowPass, limit_violations
 from kinemesh.models.biomech.virtual_markers import (
+    JOINT_MARKERS,
     VirtualMarkerSet,
     rigid_positions,
     study_markers,
@@ -40,7 +41,7 @@ from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
 
 STAGE = "kinematics"
 MESH_CHUNK = 1024  # frames posed at once
-PLOTTED = ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l", "ankle_angle_r", "ankle_angle_l")
+SAGITTAL = ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l", "ankle_angle_r", "ankle_angle_l")
 MODEL_SOURCE = "Pose2Sim Model_Pose2Sim_simple.osim with OpenCap's study markers (pose2sim wheel, BSD-3-Clause)"
 CONVENTION = ("OpenSim's: angles in degrees, translations in metres; flexion, adduction and internal rotation "
               "positive; knee_angle positive in flexion; ankle_angle positive in dorsiflexion")
@@ -86,15 +87,13 @@ class KinematicsStage:
         self.layer = layer
         self.lowpass = lowpass or LowPass()
         self.min_frames = min_frames
-        rest = self._mesh(torch.eye(3).expand(1, layer.config.num_joints, 3, 3), torch.zeros(1, layer.config.num_shape),
-                          torch.zeros(1, 3))
-        self.markers: VirtualMarkerSet = study_markers(rest[0][0], rest[1][0], layer.config.joint_names)
-        self._lock = threading.Lock()  # OpenSim objects hold one state: one job at a time
-
-    def _mesh(self, rot: torch.Tensor, shape: torch.Tensor, transl: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        self._rest = torch.eye(3).expand(1, layer.config.num_joints, 3, 3)  # (1, J, 3, 3)
         with torch.no_grad():
-            out = self.layer(rot, shape, transl)
-        return out.vertices.numpy(), out.joints.numpy()
+            rest = layer(self._rest, torch.zeros(1, layer.config.num_shape), torch.zeros(1, 3))
+        self.markers: VirtualMarkerSet = study_markers(rest.vertices[0].numpy(), rest.joints[0].numpy(),
+                                                       layer.config.joint_names)
+        self.marker_names = [*self.markers.names, *JOINT_MARKERS]
+        self._lock = threading.Lock()  # OpenSim objects hold one state: one job at a time
 
     def _track_markers(self, tb: TrackBodies) -> tuple[list[str], np.ndarray]:
         """(names, (T, M, 3) OpenSim-frame marker positions) of one track: each marker carried by its
@@ -119,14 +118,10 @@ class KinematicsStage:
                 if len(tb.frame_index) < self.min_frames:
                     continue
                 names, markers = self._track_markers(tb)
-                rest_verts, rest_joints = self._mesh(
-                    torch.eye(3).expand(1, self.layer.config.num_joints, 3, 3), torch.from_numpy(tb.shape)[None],
-                    torch.zeros(1, 3))
-                _, static = self.markers.with_joints(rest_verts[0], rest_joints[0], self.layer.config.joint_names)
+                _, static = rigid_positions(self.markers, self.layer, self._rest, tb.shape, np.zeros((1, 3)))
                 folder = Path(tmp) / f"track{tb.track_id}"
-                scaled = scale_model(m, to_opensim_frame(static), names, folder / f"track{tb.track_id}.osim")
-                subject = OsimModel(scaled.model_path)
-                ik = subject.inverse_kinematics(markers, names, fps, work_dir=folder)
+                scaled = scale_model(m, to_opensim_frame(static[0]), names, folder / f"track{tb.track_id}.osim")
+                ik = scaled.model.inverse_kinematics(markers, names, fps, work_dir=folder)
                 values = self.lowpass(ik.values, fps)
                 time_s = tb.timestamps_s - tb.timestamps_s[0]
                 track = TrackKinematics(
@@ -146,8 +141,7 @@ class KinematicsStage:
                 track.artifacts["png"] = f"{stem}.png"
                 out.append(track)
                 ctx.progress(STAGE, (k + 1) / len(body.tracks))
-        ranges = np.array([[c.range_min, c.range_max] for c in m.coordinates])
-        return KinematicsResult(out, m.coordinate_names, m.rotational, ranges, names if out else [],
+        return KinematicsResult(out, m.coordinate_names, m.rotational, m.ranges, self.marker_names,
                                 self.lowpass.describe(fps), artifacts)
 
     @staticmethod
@@ -177,9 +171,8 @@ class KinematicsStage:
 
         shown = degrees(track.values, self.model.rotational)
         fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-        for ax, joint in zip(axes, ("hip_flexion", "knee_angle", "ankle_angle"), strict=True):
-            for side, style in (("r", "-"), ("l", "--")):
-                name = f"{joint}_{side}"
+        for ax, pair in zip(axes, (SAGITTAL[0:2], SAGITTAL[2:4], SAGITTAL[4:6]), strict=True):
+            for name, style in zip(pair, ("-", "--"), strict=True):
                 ax.plot(track.time_s, shown[:, self.model.coordinate_names.index(name)], style, label=name)
             ax.set_ylabel("degrees")
             ax.legend(loc="upper right", fontsize=8)
