@@ -35,7 +35,7 @@ perspective camera a child near the camera and an adult far from it project alik
 drifted freely (on Pose2Sim's four views of one adult the fitted thigh measured 0.17-0.41 m).
 MediaPipe's world landmarks are metric and their segment lengths agree across those views within
 a few centimetres (thigh 0.38-0.41 m; triangulated from the four calibrated views: 0.37 m), even
-though their joint positions do not (~117 mm PA-MPJPE against the triangulation); the bone term
+though their joint positions do not (99.5 mm PA-MPJPE against the triangulation, `make bench-body`); the bone term
 takes their size, the world term (weight 1) a loose pull on the 3D pose. With a metric body, a
 pinhole camera then explains the 2D keypoints exactly where weak perspective cannot: a camera
 2-3 m away and looking down sees the head ~25 % nearer than the feet. The defaults were chosen on
