@@ -6,17 +6,21 @@ Split of the work. The pelvis's six global coordinates (tilt, list, rotation, tx
 solved exactly from the six pelvis markers (ASIS, PSIS, hip joint centres) by a rigid fit to the
 scaled model's pelvis markers (`pelvis_pose`, Kabsch) and OpenSim's Z-X-Y rotation order; the
 network sees the markers in that pelvis frame, so it never has to learn where the person stands or
-which way they face, and predicts the 34 joint coordinates. Each output is range_min + (range_max
+which way they face, and predicts the 25 joint coordinates the markers determine (`UNOBSERVED`
+ones stay at the model's default, as in OpenSim IK). Each output is range_min + (range_max
 - range_min) * sigmoid(raw): inside the model's range whatever the input (no clipping afterwards).
 
 Shape legend: B windows, T frames per window, M markers, F = 4 values per marker (x, y, z in the
-pelvis frame, metres, and 1/0 seen), C joint coordinates, K scaled bodies, D width.
+pelvis frame, metres, and 1/0 seen), C joint coordinates, K scaled bodies, D marker-token width,
+E frame-token width.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,70 +54,173 @@ def pelvis_coordinates(R: np.ndarray, origin: np.ndarray) -> np.ndarray:
     return np.concatenate([np.stack([tilt, lst, rot], 1), origin], 1)
 
 
+def _axis_rotation(angle: np.ndarray, axis: int) -> np.ndarray:
+    """(T,) angles -> (T, 3, 3) rotations about x (0), y (1) or z (2)."""
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R = np.zeros((len(angle), 3, 3))
+    R[:, axis, axis] = 1.0
+    R[:, i, i], R[:, i, j], R[:, j, i], R[:, j, j] = c, -s, s, c
+    return R
+
+
+def pelvis_rotation(angles: np.ndarray) -> np.ndarray:
+    """(T, 3) pelvis tilt, list, rotation (radians) -> R (T, 3, 3) = Rz(tilt) Rx(list) Ry(rotation)."""
+    a = np.asarray(angles, dtype=np.float64)
+    return _axis_rotation(a[:, 0], 2) @ _axis_rotation(a[:, 1], 0) @ _axis_rotation(a[:, 2], 1)
+
+
+def rotvec_matrix(v: np.ndarray) -> np.ndarray:
+    """Rotation vectors (T, 3) -> matrices (T, 3, 3) (Rodrigues; numpy, no per-call overhead)."""
+    v = np.asarray(v, dtype=np.float64)
+    theta = np.linalg.norm(v, axis=1)
+    k = v / np.maximum(theta, 1e-12)[:, None]
+    K = np.zeros((len(v), 3, 3))
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    K[:, 1, 0], K[:, 2, 0], K[:, 2, 1] = k[:, 2], -k[:, 1], k[:, 0]
+    s, c = np.sin(theta)[:, None, None], np.cos(theta)[:, None, None]
+    return np.eye(3) + s * K + (1.0 - c) * (K @ K)
+
+
+def pelvis_residual(R: np.ndarray, origin: np.ndarray, pelvis: np.ndarray) -> np.ndarray:
+    """What turns the rigid fit (R (T, 3, 3), origin (T, 3)) into the pelvis coordinates (T, 6)
+    OpenSim IK found: (T, 6) rotation vector of R^T R_ik and R^T (origin_ik - origin), pelvis frame."""
+    from scipy.spatial.transform import Rotation
+
+    turn = np.swapaxes(R, 1, 2) @ pelvis_rotation(pelvis[:, :3])
+    shift = np.einsum("tji,tj->ti", R, pelvis[:, 3:] - origin)
+    return np.concatenate([Rotation.from_matrix(turn).as_rotvec(), shift], 1)
+
+
+def apply_pelvis_residual(R: np.ndarray, origin: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """The inverse of `pelvis_residual`: pelvis coordinates (T, 6) from the fit and a residual (T, 6)."""
+    turned = R @ rotvec_matrix(residual[:, :3])
+    return pelvis_coordinates(turned, origin + np.einsum("tij,tj->ti", R, residual[:, 3:]))
+
+
 def in_pelvis_frame(markers: np.ndarray, R: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """Ground markers (T, M, 3) -> the pelvis frame: R^T (x - origin)."""
     return np.einsum("tji,tmj->tmi", R, markers - origin[:, None])
 
 
+# Each marker's neighbour up the limb (the marker itself where none: the pelvis's six and C7). The
+# network also sees each marker relative to it: the distal joints (ankle, subtalar, forearm) turn
+# their markers by about a millimetre a degree, too fine to read off positions half a metre from
+# the pelvis.
+MARKER_PARENTS = {
+    **{f"{s}_{a}": f"{s}_{b}" for s in ("r", "L") for a, b in (
+        ("mknee_study", "knee_study"), ("ankle_study", "knee_study"), ("mankle_study", "ankle_study"),
+        ("toe_study", "ankle_study"), ("calc_study", "ankle_study"), ("5meta_study", "calc_study"),
+        ("lelbow_study", "shoulder_study"), ("melbow_study", "lelbow_study"), ("lwrist_study", "lelbow_study"),
+        ("mwrist_study", "lwrist_study"))},
+    "r_knee_study": "RHJC_study", "L_knee_study": "LHJC_study",
+    "r_shoulder_study": "C7_study", "L_shoulder_study": "C7_study",
+}
+RELATIVE_SCALE = 4.0  # relative positions (0.05-0.4 m) scaled towards unit size
+
+
+def marker_parents(names: list[str] | tuple[str, ...]) -> tuple[int, ...]:
+    """Index of each marker's MARKER_PARENTS neighbour in `names` (its own index where none)."""
+    return tuple(names.index(MARKER_PARENTS[n]) if n in MARKER_PARENTS else i for i, n in enumerate(names))
+
+
+# Coordinates no virtual marker moves (no markers on the toes, the head or the hands): OpenSim IK
+# leaves them at the model's default, and NeurIK does not predict them.
+UNOBSERVED = ("mtp_angle_r", "mtp_angle_l", "neck_flexion", "neck_bending", "neck_rotation",
+              "wrist_flex_r", "wrist_dev_r", "wrist_flex_l", "wrist_dev_l")
+
+
 @dataclass
 class NeurIKConfig:
     markers: int = 31  # M
-    coordinates: int = 34  # C: the joint coordinates (all but the pelvis's six)
+    coordinates: int = 25  # C: the joint coordinates NeurIK predicts (not the pelvis's, not UNOBSERVED)
     bodies: int = 22  # K: scaled bodies
     window: int = 16  # T: frames per window (longer tracks run window by window, overlapping)
-    dim: int = 96  # D
-    depth: int = 3  # spatial-temporal blocks
-    heads: int = 4
+    dim: int = 32  # D: marker tokens
+    depth: int = 1  # spatial blocks (attention across the markers of a frame)
+    frame_dim: int = 192  # E: frame tokens
+    time_depth: int = 2  # temporal blocks (attention across the frames of a window)
+    heads: int = 2
     scale_min: float = 0.6  # body scales are bounded to [scale_min, scale_max]
     scale_max: float = 1.6
+    pelvis_turn_max: float = 0.25  # radians: the pelvis residual's rotation vector, each component
+    pelvis_shift_max: float = 0.05  # metres: its shift, each component
+    parents: tuple[int, ...] = ()  # `marker_parents` of the training markers (empty: none)
 
 
 class _Block(nn.Module):
-    """Attention across the markers of each frame, then across the frames of each marker, then an MLP."""
+    """Pre-norm self-attention over the token axis of (B, N, D), then an MLP."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.n1, self.n2, self.n3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.space = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.time = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, M, D)
-        B, T, M, D = x.shape
-        s = self.n1(x).reshape(B * T, M, D)
-        x = x + self.space(s, s, s, need_weights=False)[0].reshape(B, T, M, D)
-        t = self.n2(x).transpose(1, 2).reshape(B * M, T, D)
-        x = x + self.time(t, t, t, need_weights=False)[0].reshape(B, M, T, D).transpose(1, 2)
-        return x + self.mlp(self.n3(x))
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, D)
+        h = self.n1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.n2(x))
 
 
 class NeurIK(nn.Module):
-    """markers (B, T, M, 4) -> joint coordinates (B, T, C) within [lower, upper], scales (B, K)."""
+    """markers (B, T, M, 4) -> joint coordinates (B, T, C) within [lower, upper], the pelvis residual
+    (B, T, 6) (see `pelvis_residual`: OpenSim IK places the pelvis by all the markers, not only its
+    six, so it sits a few degrees off their rigid fit), body scales (B, K).
+
+    Spatial blocks attend across the M marker tokens of each frame (D wide); each frame's tokens
+    are then flattened into one frame token (E wide) and temporal blocks attend across the T frames
+    of the window. The heads read each frame token (coordinates) and their mean (scales)."""
 
     def __init__(self, cfg: NeurIKConfig, lower: Tensor, upper: Tensor) -> None:
         super().__init__()
         self.cfg = cfg
         self.register_buffer("lower", lower.float().clone())  # (C,) SI
         self.register_buffer("upper", upper.float().clone())  # (C,)
-        D = cfg.dim
-        self.embed = nn.Linear(4, D)
+        D, E = cfg.dim, cfg.frame_dim
+        parents = list(cfg.parents) or list(range(cfg.markers))
+        self.register_buffer("parents", torch.tensor(parents, dtype=torch.long))  # (M,)
+        self.embed = nn.Linear(7, D)  # position, seen, position relative to the parent marker
         self.marker_embed = nn.Parameter(torch.randn(cfg.markers, D) * 0.02)  # (M, D)
-        self.time_embed = nn.Parameter(torch.randn(cfg.window, D) * 0.02)  # (T, D)
-        self.blocks = nn.ModuleList(_Block(D, cfg.heads) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(D)
-        self.coord_head = nn.Linear(cfg.markers * D, cfg.coordinates)
-        self.scale_head = nn.Linear(cfg.markers * D, cfg.bodies)
+        self.space = nn.ModuleList(_Block(D, cfg.heads) for _ in range(cfg.depth))
+        self.space_norm = nn.LayerNorm(D)
+        self.to_frame = nn.Linear(cfg.markers * D, E)
+        self.time_embed = nn.Parameter(torch.randn(cfg.window, E) * 0.02)  # (T, E)
+        self.time = nn.ModuleList(_Block(E, cfg.heads) for _ in range(cfg.time_depth))
+        self.norm = nn.LayerNorm(E)
+        self.coord_head = nn.Sequential(nn.Linear(E, E), nn.GELU(), nn.Linear(E, cfg.coordinates))
+        self.scale_head = nn.Linear(E, cfg.bodies)
+        self.pelvis_head = nn.Linear(E, 6)
+        bound = torch.tensor([cfg.pelvis_turn_max] * 3 + [cfg.pelvis_shift_max] * 3)
+        self.register_buffer("pelvis_bound", bound)  # (6,)
 
-    def forward(self, markers: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, markers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, M, _ = markers.shape
-        x = self.embed(markers) + self.marker_embed + self.time_embed[:T, None]  # (B, T, M, D)
-        for block in self.blocks:
+        xyz, seen = markers[..., :3], markers[..., 3:]
+        up = markers[:, :, self.parents]  # (B, T, M, 4) each marker's parent
+        rel = (xyz - up[..., :3]) * (seen * up[..., 3:]) * RELATIVE_SCALE  # zero where either is unseen
+        x = (self.embed(torch.cat([markers, rel], -1)) + self.marker_embed).reshape(B * T, M, self.cfg.dim)
+        for block in self.space:
             x = block(x)
-        flat = self.norm(x).reshape(B, T, M * self.cfg.dim)  # (B, T, M*D)
-        coords = self.lower + (self.upper - self.lower) * torch.sigmoid(self.coord_head(flat))  # (B, T, C)
+        f = self.to_frame(self.space_norm(x).reshape(B, T, M * self.cfg.dim)) + self.time_embed[:T]  # (B, T, E)
+        for block in self.time:
+            f = block(f)
+        f = self.norm(f)
+        coords = self.lower + (self.upper - self.lower) * torch.sigmoid(self.coord_head(f))  # (B, T, C)
         c = self.cfg
-        scales = c.scale_min + (c.scale_max - c.scale_min) * torch.sigmoid(self.scale_head(flat.mean(1)))  # (B, K)
-        return coords, scales
+        scales = c.scale_min + (c.scale_max - c.scale_min) * torch.sigmoid(self.scale_head(f.mean(1)))  # (B, K)
+        pelvis = self.pelvis_bound * torch.tanh(self.pelvis_head(f))  # (B, T, 6)
+        return coords, pelvis, scales
+
+
+def load_neurik(path: Path | str) -> tuple[NeurIK, dict]:
+    """A trained NeurIK checkpoint (`train_neurik`'s neurik.pt) in eval mode, and its metadata
+    (coordinate_names, marker_names, bodies)."""
+    saved = torch.load(path, weights_only=True)
+    cfg = NeurIKConfig(**saved["config"])
+    net = NeurIK(cfg, torch.zeros(cfg.coordinates), torch.ones(cfg.coordinates))
+    net.load_state_dict(saved["state_dict"])  # the ranges are buffers: they come with the weights
+    return net.eval(), {k: saved[k] for k in ("coordinate_names", "marker_names", "bodies")}
 
 
 def marker_features(local: np.ndarray) -> np.ndarray:
@@ -123,15 +230,67 @@ def marker_features(local: np.ndarray) -> np.ndarray:
 
 
 def windows(frames: int, window: int) -> list[slice]:
-    """Overlapping windows covering `frames` frames (the last one ends at the end)."""
+    """Windows of `window` frames tiling `frames` frames, the last one ending at the end (it overlaps
+    the one before unless the length divides evenly): each frame is run about once."""
     if frames <= window:
         return [slice(0, frames)]
-    starts = list(range(0, frames - window + 1, max(1, window // 2)))
+    starts = list(range(0, frames - window + 1, window))
     if starts[-1] != frames - window:
         starts.append(frames - window)
     return [slice(s, s + window) for s in starts]
 
 
-def angle_rmse_deg(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-coordinate RMSE (C,) in degrees of angle arrays (..., C) in radians."""
-    return np.sqrt(np.mean((pred - truth) ** 2, axis=tuple(range(pred.ndim - 1)))) * 180.0 / math.pi
+def angle_rmse_deg(pred: np.ndarray, truth: np.ndarray, wrap: bool = False) -> np.ndarray:
+    """Per-coordinate RMSE (C,) in degrees of angle arrays (..., C) in radians; with wrap, each
+    difference is taken the short way round (for the pelvis's global angles)."""
+    d = np.asarray(pred, dtype=np.float64) - truth
+    if wrap:
+        d = (d + math.pi) % (2 * math.pi) - math.pi
+    return np.sqrt(np.mean(d**2, axis=tuple(range(d.ndim - 1)))) * 180.0 / math.pi
+
+
+# A NeurIK graph, however it runs (PyTorch, ONNX Runtime, Triton): windows (B, T, M, 4) -> joint
+# coordinates (B, T, C) and pelvis residuals (B, T, 6).
+WindowFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def torch_window_fn(net: NeurIK) -> WindowFn:
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            coords, pelvis, _ = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return coords.numpy(), pelvis.numpy()
+
+    return run
+
+
+def run_windows(run: WindowFn, features: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (T, M, 4) of a whole track -> joint coordinates (T, C) and pelvis residuals (T, 6):
+    every window in one batched call, the last window's overlap averaged; a track shorter than a window is padded by
+    repeating its last frame (the graph's T is fixed)."""
+    T = len(features)
+    if T == 0:
+        raise ValueError("no frames")
+    padded = np.concatenate([features, np.repeat(features[-1:], window - T, 0)]) if T < window else features
+    spans = windows(len(padded), window)
+    coords, pelvis = run(np.stack([padded[s] for s in spans]))  # (B, W, C), (B, W, 6)
+    out_c = np.zeros((len(padded), coords.shape[-1]))
+    out_p = np.zeros((len(padded), 6))
+    count = np.zeros((len(padded), 1))
+    for k, s in enumerate(spans):
+        out_c[s] += coords[k]
+        out_p[s] += pelvis[k]
+        count[s] += 1
+    return (out_c / count)[:T], (out_p / count)[:T]
+
+
+def solve(run: WindowFn, markers: np.ndarray, pelvis_index: list[int], pelvis_local: np.ndarray,
+          window: int) -> tuple[np.ndarray, np.ndarray]:
+    """NeurIK on a track: ground markers (T, M, 3) in the network's marker order, the pelvis markers'
+    indices among them and their locations on the scaled model's pelvis (6, 3) -> pelvis
+    coordinates (T, 6) and joint coordinates (T, C), SI."""
+    markers = np.asarray(markers, dtype=np.float64)
+    if not np.isfinite(markers[:, pelvis_index]).all():
+        raise ValueError("NeurIK needs the six pelvis markers in every frame")
+    R, origin = pelvis_pose(markers[:, pelvis_index], pelvis_local)
+    coords, residual = run_windows(run, marker_features(in_pelvis_frame(markers, R, origin)), window)
+    return apply_pelvis_residual(R, origin, residual), coords

@@ -10,7 +10,22 @@ How a sequence is made:
      degrees) is added and everything is clipped into the model's ranges;
   3. markers by OpenSim forward kinematics of those coordinates on the subject (exact), then
      marker noise and occlusion (markers missing for a stretch of frames, NaN).
-So the labels are exact for their markers, and the motions are the body model's, as at run time.
+Each motion gives two sequences, both labelled by what OpenSim IK gives on their markers:
+  - "body": the body model's own virtual markers and the teacher's coordinates for them: exactly
+    what the worker feeds NeurIK at run time (the body model's skeleton is not OpenSim's, so the
+    markers fit the scaled model to ~1-2 cm, and NeurIK must reproduce how OpenSim IK resolves that);
+  - "fk": the drifted coordinates' forward kinematics, with noise (1 mm: the worker's markers come
+    from a mesh, and forearm rotation moves the wrist markers ~1 mm a degree, so more noise blurs
+    it) and occlusion: exact labels for poses beyond the body model's motion families.
+Coordinates no virtual marker moves (`UNOBSERVED`: toes, neck, wrists) get no drift: OpenSim IK
+leaves them at the model's default, and so does NeurIK.
+
+Only motions OpenSim IK tracks well-posed are kept (`well_posed`): the body model's arms reach
+further than the OpenSim model's shoulder ranges (arm_flex within +-90 degrees), and where IK pins
+a shoulder angle at its limit it trades the other two, flipping them by tens of degrees from one
+frame to the next: no function of the markers, so neither a label nor a pose inside the model's
+ranges. A rejected motion is replaced by a new draw (arm excursions are scaled by 0.3-1 to keep
+more of them); the count is reported.
 
 Shape legend: T frames, M markers, C coordinates, S shape coefficients.
 """
@@ -24,14 +39,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kinemesh.models.biomech.neurik import PELVIS_MARKERS
+from kinemesh.models.biomech.neurik import PELVIS_MARKERS, UNOBSERVED
 from kinemesh.models.biomech.opensim_model import OsimModel
 from kinemesh.models.biomech.scaling import scale_model
 from kinemesh.models.biomech.virtual_markers import VirtualMarkerSet, rigid_positions, to_opensim_frame
-from kinemesh.models.training.motion import MOTIONS, dofs_to_rotations, motion_sequence
+from kinemesh.models.training.motion import DOFS, MOTIONS, REST, dofs_to_rotations, motion_sequence
 from kinemesh.models.training.synth import arm_rest
 
 STANDING = np.array([0.0, 0.9, 0.0])  # where the pelvis stands in OpenSim's ground, metres
+DATA_VERSION = 2  # bump when what `generate` makes changes (training caches generated data under it)
+ARM_DOFS = np.array([d.name.split("_")[0] in ("sh", "elbow", "forearm", "wrist", "collar") for d in DOFS])
+SHOULDER_COORDINATES = ("arm_flex_r", "arm_add_r", "arm_rot_r", "arm_flex_l", "arm_add_l", "arm_rot_l")
+SHOULDER_MARGIN_DEG = 3.0  # a shoulder angle this close to its limit counts as pinned there
+MAX_SPEED_DEG_S = 900.0  # faster than any joint of a clinical motion: an IK flip
+MAX_TRIES = 40
+
+
+def well_posed(values: np.ndarray, model: OsimModel, fps: float) -> bool:
+    """Whether OpenSim IK's coordinates (T, C) of a motion are usable labels: no rotational
+    coordinate jumps faster than MAX_SPEED_DEG_S, and no shoulder angle sits at its limit."""
+    step = np.abs(np.diff(values[:, model.rotational], axis=0))
+    if step.size and step.max() > np.radians(MAX_SPEED_DEG_S / fps):
+        return False
+    idx = [model.coordinate_names.index(n) for n in SHOULDER_COORDINATES]
+    lo, hi = model.ranges[idx].T
+    margin = np.radians(SHOULDER_MARGIN_DEG)
+    v = values[:, idx]
+    return not ((v < lo + margin) | (v > hi - margin)).any()
 
 
 @dataclass
@@ -43,17 +77,21 @@ class NeurIKSequences:
     coordinate_names: list[str]
     bodies: list[str]
     motion: list[str]  # (P,) the motion family of each sequence
+    kind: list[str]  # (P,) "body" (the body model's markers, teacher labels) or "fk" (see the module)
+    rejected: int  # motions drawn and dropped as not well-posed (`well_posed`)
     subject: np.ndarray  # (P,) int64 which subject each sequence is of
 
 
 def generate(model: OsimModel, layer, markers: VirtualMarkerSet, subjects: int, sequences_per_subject: int,
-             frames: int, seed: int, fps: float = 30.0, noise_m: float = 0.005, occlusion: float = 0.3,
+             frames: int, seed: int, fps: float = 30.0, noise_m: float = 0.001, occlusion: float = 0.3,
              offset_deg: float = 4.0, max_shape: float = 1.5, work_dir: Path | str | None = None) -> NeurIKSequences:
     """`subjects` random bodies x `sequences_per_subject` motions of `frames` frames (see the module).
     The scaled subject models are kept in `work_dir` (subject<k>.osim) when given."""
     rng = np.random.default_rng(seed)
     lo, hi = model.ranges.T  # (C,) each
-    out_m, out_c, out_s, kinds, who = [], [], [], [], []
+    out_m, out_c, out_s, kinds, who, sources = [], [], [], [], [], []
+    fixed = np.array([n in UNOBSERVED for n in model.coordinate_names])
+    rejected = 0
     names: list[str] = []
     bodies: list[str] = []
     S = layer.config.num_shape
@@ -70,15 +108,23 @@ def generate(model: OsimModel, layer, markers: VirtualMarkerSet, subjects: int, 
             limb = [i for i, n in enumerate(names) if n not in PELVIS_MARKERS]
             bodies = sorted(scaled.scale_factors)
             for _ in range(sequences_per_subject):
-                kind = MOTIONS[int(rng.integers(len(MOTIONS)))]
-                angles = motion_sequence(kind, frames, fps, rng)
-                rot = dofs_to_rotations(torch.from_numpy(angles).float(), None, rest_arms)
-                _, track = rigid_positions(markers, layer, rot, shape, np.zeros((frames, 3)))
-                teacher = subject.inverse_kinematics(to_opensim_frame(track) + STANDING, names, fps).values
+                for _ in range(MAX_TRIES):
+                    kind = MOTIONS[int(rng.integers(len(MOTIONS)))]
+                    angles = motion_sequence(kind, frames, fps, rng)
+                    angles[:, ARM_DOFS] = REST[ARM_DOFS] + rng.uniform(0.3, 1.0) * (angles[:, ARM_DOFS] - REST[ARM_DOFS])
+                    rot = dofs_to_rotations(torch.from_numpy(angles).float(), None, rest_arms)
+                    _, track = rigid_positions(markers, layer, rot, shape, np.zeros((frames, 3)))
+                    seen = to_opensim_frame(track) + STANDING
+                    teacher = np.clip(subject.inverse_kinematics(seen, names, fps).values, lo, hi)
+                    if well_posed(teacher, model, fps):
+                        break
+                    rejected += 1
+                else:
+                    raise RuntimeError(f"no well-posed motion in {MAX_TRIES} draws for subject {s}")
                 # a slow offset per coordinate widens the poses beyond the generator's families
                 drift = np.radians(offset_deg) * np.sin(
                     np.linspace(0, rng.uniform(0.5, 2.0) * np.pi, frames)[:, None] + rng.uniform(0, 2 * np.pi, len(lo)))
-                drift[:, ~model.rotational] = 0.0
+                drift[:, ~model.rotational | fixed] = 0.0
                 coords = np.clip(teacher + drift, lo, hi)
                 pos = subject.marker_positions(coords)[:, order]  # (T, M, 3) exact, in `names` order
                 pos = pos + rng.normal(0.0, noise_m, pos.shape)
@@ -86,10 +132,12 @@ def generate(model: OsimModel, layer, markers: VirtualMarkerSet, subjects: int, 
                     j = int(rng.choice(limb))    # which place the pelvis and are never hidden on a mesh)
                     a = int(rng.integers(frames))
                     pos[a:a + int(rng.integers(frames // 4, frames + 1)), j] = np.nan
-                out_m.append(pos.astype(np.float32))
-                out_c.append(coords.astype(np.float32))
-                out_s.append([scaled.scale_factors[b] for b in bodies])
-                kinds.append(kind)
-                who.append(s)
+                for source, (mk, co) in (("body", (seen, teacher)), ("fk", (pos, coords))):
+                    out_m.append(mk.astype(np.float32))
+                    out_c.append(co.astype(np.float32))
+                    out_s.append([scaled.scale_factors[b] for b in bodies])
+                    kinds.append(kind)
+                    who.append(s)
+                    sources.append(source)
     return NeurIKSequences(np.stack(out_m), np.stack(out_c), np.asarray(out_s, np.float32), names,
-                           model.coordinate_names, bodies, kinds, np.asarray(who, np.int64))
+                           model.coordinate_names, bodies, kinds, sources, rejected, np.asarray(who, np.int64))
