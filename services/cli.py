@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     extra = {"outputs": [o.strip() for o in args.outputs.split(",") if o.strip()]} if args.outputs else {}
     try:
-        options = JobOptions(target_fps=args.fps, max_people=args.max_people, **extra)
+        options = JobOptions(target_fps=args.fps, max_people=args.max_people, ik=args.ik, **extra)
     except ValueError as err:
         console.print(f"[red]bad options[/red]: {err}")
         return 2
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-people", type=int, default=1)
     r.add_argument("--outputs", default=None,
                    help="comma-separated outputs (keypoints_2d, keypoints_3d, body, kinematics); default: all")
+    r.add_argument("--ik", choices=("neurik", "opensim"), default="neurik",
+                   help="joint coordinates by NeurIK (default) or OpenSim's inverse kinematics")
     r.set_defaults(fn=_cmd_run)
 
     sub.add_parser("schema", help="print the result JSON Schema").set_defaults(fn=_cmd_schema)

@@ -54,7 +54,8 @@ def model_dir(body_file: Path) -> Path:
     if not (root / "bundle" / "default" / "manifest.json").is_file():  # `make setup` builds it; so may we
         from kinemesh.models.export.bundle import build_bundle
 
-        build_bundle(REPO / "models" / "weights" / "default", body_file, root / "bundle" / "default")
+        build_bundle(REPO / "models" / "weights" / "default", body_file, root / "bundle" / "default",
+                     neurik=REPO / "models" / "weights" / "neurik")
     return root
 
 

@@ -10,11 +10,13 @@ Layout of a bundle directory:
     <graph>/1/model.onnx            one Triton model repository entry per graph ...
     <graph>/config.pbtxt            ... with its config (onnxruntime backend, dynamic batching)
     torch/pose_tokenizer.pt         the tokenizer weights for the PyTorch refinement
+    neurik_record.json              NeurIK's training record (when the bundle has NeurIK)
     body/<body model file>          the compact body model the bundle was trained with
 
 Graphs of the default bundle: genhmr_step (one decoding step), tokenizer_decode (token ids ->
-pose), tokenizer_decode_embeddings (continuous embeddings -> pose) and tokenizer_encode (pose ->
-token ids). Each is exported with a dynamic batch axis, checked by onnx.checker and held to ONNX
+pose), tokenizer_decode_embeddings (continuous embeddings -> pose), tokenizer_encode (pose ->
+token ids) and neurik (windows of virtual markers -> joint coordinates, pelvis residual, body
+scales; from models/weights/neurik). Each is exported with a dynamic batch axis, checked by onnx.checker and held to ONNX
 Runtime/PyTorch parity (max abs difference <= 1e-4, recorded per output in the manifest).
 """
 
@@ -32,6 +34,7 @@ from typing import Any
 
 import torch
 
+from kinemesh.models.biomech.neurik import load_neurik
 from kinemesh.models.body.assets import read_body_model
 from kinemesh.models.camera import BOX_MARGIN, MIN_CONFIDENCE
 from kinemesh.models.export.onnx_export import export_graph
@@ -84,8 +87,10 @@ def load_trained(weights: Path) -> tuple[torch.nn.Module, torch.nn.Module, dict[
     return tok, model, record
 
 
-def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", version: str = "1") -> dict[str, Any]:
-    """Export every graph, write the Triton configs and the manifest. Returns the manifest."""
+def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", version: str = "1",
+                 neurik: Path | None = None) -> dict[str, Any]:
+    """Export every graph (NeurIK's too when `neurik`, a folder with neurik.pt and record.json, is
+    given), write the Triton configs and the manifest. Returns the manifest."""
     tok, model, record = load_trained(weights)
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -103,29 +108,41 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
                                         ["rot6d"], None),
         "tokenizer_encode": (TokenizerEncoderGraph(tok), {"rot6d": torch.randn(2, J, 6)}, ["indices", "z_e"], None),
     }
+    meta: dict[str, dict[str, Any]] = {g: {"architecture": record[p]["preset"], "config": record[p]["config"],
+                                           "training_record": "training_record.json"}
+                                       for g, p in (("genhmr_step", "transformer"), ("tokenizer_decode", "tokenizer"),
+                                                    ("tokenizer_decode_embeddings", "tokenizer"),
+                                                    ("tokenizer_encode", "tokenizer"))}
+    if neurik is not None:
+        net, info = load_neurik(neurik / "neurik.pt")
+        c = net.cfg
+        graphs["neurik"] = (net, {"markers": torch.randn(2, c.window, c.markers, 4)},
+                            ["coordinates", "pelvis_residual", "scales"], None)
+        meta["neurik"] = {"architecture": "neurik", "config": c.__dict__, "training_record": "neurik_record.json",
+                          **info}
     entries: dict[str, Any] = {}
     for graph, (module, example, outputs, ranges) in graphs.items():
         report = export_graph(module, example, outputs, tmp / graph / "1" / "model.onnx", opset=BUNDLE_OPSET,
                               int_ranges=ranges)
         ins, outs = tensor_specs_from_onnx(report.path)
         write_triton_config(tmp / graph, graph, ins, outs, MAX_BATCH)
-        part = "transformer" if graph == "genhmr_step" else "tokenizer"
         entries[graph] = {
             "file": f"{graph}/1/model.onnx",
             "triton_config": f"{graph}/config.pbtxt",
-            "architecture": record[part]["preset"],
-            "config": record[part]["config"],
+            **meta[graph],
             "inputs": [{"name": s.name, "dtype": s.data_type, "dims": list(s.dims)} for s in ins],
             "outputs": [{"name": s.name, "dtype": s.data_type, "dims": list(s.dims)} for s in outs],
             "opset": report.opset, "exporter": report.exporter,
             "parity_max_abs": report.max_abs_diff, "parity_atol": report.atol,
-            "trained": True, "training_record": "training_record.json",
+            "trained": True,
         }
     (tmp / "torch").mkdir()
     shutil.copy2(weights / "pose_tokenizer.pt", tmp / "torch" / "pose_tokenizer.pt")
     (tmp / "body").mkdir()
     shutil.copy2(body, tmp / "body" / body.name)
     shutil.copy2(weights / "record.json", tmp / "training_record.json")
+    if neurik is not None:
+        shutil.copy2(neurik / "record.json", tmp / "neurik_record.json")
     _, body_header = read_body_model(body)
     manifest: dict[str, Any] = {
         "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
@@ -205,11 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--weights", default="models/weights/default")
     b.add_argument("--body", default="var/models/body/anny_core.npz")
     b.add_argument("--out", default="var/models/bundle/default")
+    b.add_argument("--neurik", default=None, help="NeurIK weights folder (neurik.pt, record.json) to add")
     s = sub.add_parser("show")
     s.add_argument("bundle", nargs="?", default="var/models/bundle/default")
     a = p.parse_args(argv)
     if a.cmd == "build":
-        manifest = build_bundle(Path(a.weights), Path(a.body), Path(a.out))
+        manifest = build_bundle(Path(a.weights), Path(a.body), Path(a.out),
+                                neurik=Path(a.neurik) if a.neurik else None)
         worst = max(v for g in manifest["graphs"].values() for v in g["parity_max_abs"].values())
         print(f"bundle built: {a.out} ({len(manifest['graphs'])} graphs, parity max abs {worst:.2e})")
     else:

@@ -40,6 +40,7 @@ class JobState(StrEnum):
 
 
 OutputName = Literal["keypoints_2d", "keypoints_3d", "body", "kinematics"]
+IkMethod = Literal["neurik", "opensim"]
 
 
 class JobOptions(_Doc):
@@ -56,6 +57,12 @@ class JobOptions(_Doc):
         description="Which outputs the result carries; `body` runs the body stage (parameters, 3D joints, "
         "mesh artifacts); `kinematics` the kinematics stage on the bodies (OpenSim joint coordinates, "
         ".mot/.trc/.osim/CSV/PNG artifacts, gait events) and needs `body`.",
+    )
+
+    ik: IkMethod = Field(
+        "neurik", description="How the kinematics stage turns the virtual markers into joint coordinates: "
+        "`neurik` (BioPose's learned inverse kinematics, one batched network call per track) or `opensim` "
+        "(OpenSim's InverseKinematicsTool: the reference NeurIK is trained against, about 100x slower).",
     )
 
     @model_validator(mode="after")
@@ -293,12 +300,14 @@ class BodyModelInfo(_Doc):
 
 class KinematicsModelInfo(_Doc):
     model: str = Field(..., description="The OpenSim model and marker set, with source and licence.")
-    method: str = Field(..., description="How coordinates were computed: `opensim_ik` (OpenSim's "
-                        "InverseKinematicsTool on the virtual markers).")
+    method: str = Field(..., description="How coordinates were computed: `neurik` (BioPose's learned IK "
+                        "on the virtual markers) or `opensim_ik` (OpenSim's InverseKinematicsTool on them).")
     coordinate_names: list[str] = Field(..., description="Order of KinematicsFrame.coordinates (OpenSim names).")
     coordinate_units: list[str] = Field(..., description="`deg` or `m` for each coordinate.")
     model_ranges: list[CoordinateRange] = Field(..., description="Each coordinate's range in the model.")
     marker_names: list[str] = Field(..., description="Virtual markers on the body mesh used for IK and scaling.")
+    fixed_coordinates: list[str] = Field(..., description="Coordinates held at the model's default (zero): no "
+                                         "virtual marker moves them (toes, neck, wrists).")
     convention: str = Field(..., description="Units and sign convention.")
     zero_pose: str = Field(..., description="The pose in which every angle is zero.")
     filter: str = Field(..., description="Low-pass filter applied to the coordinates.")

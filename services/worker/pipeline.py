@@ -68,7 +68,8 @@ class Pipeline:
 
     def kinematics_stage(self) -> KinematicsStage:
         if self._kinematics is None:
-            self._kinematics = KinematicsStage(self.settings.model_dir, self.body_stage().layer)
+            body = self.body_stage()
+            self._kinematics = KinematicsStage(self.settings.model_dir, body.layer, body.bundle, body.backend)
         return self._kinematics
 
     @staticmethod
@@ -120,7 +121,7 @@ class Pipeline:
             artifacts.update(body.artifacts)
         if "kinematics" in options.outputs and body is not None:
             with timed("kinematics"):
-                kinematics = self.kinematics_stage().run(body, video.meta.target_fps, ctx)
+                kinematics = self.kinematics_stage().run(body, video.meta.target_fps, ctx, ik=options.ik)
             artifacts.update(kinematics.artifacts)
         with timed("results"):
             m = video.meta

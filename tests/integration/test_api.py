@@ -144,7 +144,10 @@ def test_job_returns_kinematics_and_opensim_files(acme: Client, finished_job: di
     model, summary = result["kinematics_model"], result["summary"]["kinematics"]
     names = model["coordinate_names"]
     assert {"pelvis_tilt", "hip_flexion_r", "knee_angle_r", "ankle_angle_r", "arm_flex_r", "elbow_flex_r"} <= set(names)
-    assert model["method"] == "opensim_ik" and "6 Hz" in model["filter"] and "BSD-3" in model["model"]
+    assert model["method"] == "neurik" and "6 Hz" in model["filter"] and "BSD-3" in model["model"]
+    assert set(model["fixed_coordinates"]) == {"neck_flexion", "neck_bending", "neck_rotation", "mtp_angle_r",
+                                               "mtp_angle_l", "wrist_flex_r", "wrist_dev_r", "wrist_flex_l",
+                                               "wrist_dev_l"}
     assert model["coordinate_units"][names.index("knee_angle_r")] == "deg"
     assert model["coordinate_units"][names.index("pelvis_tx")] == "m"
     (track,) = result["tracks"]
@@ -152,6 +155,7 @@ def test_job_returns_kinematics_and_opensim_files(acme: Client, finished_job: di
     assert coords.shape == (len(track["frames"]), len(names)) and np.isfinite(coords).all()
     knee = coords[:, names.index("knee_angle_r")]
     assert -5 < knee.min() and knee.max() < 160  # degrees, within what a knee does
+    assert not coords[:, [names.index(n) for n in model["fixed_coordinates"]]].any()
     tk = track["kinematics"]
     assert summary["frames"] == tk["frames"] == len(coords) and 0 < summary["marker_error_rms_m"] < 0.05
     assert {s["body"] for s in tk["scale_factors"]} >= {"pelvis", "femur_r", "tibia_l"}
@@ -326,7 +330,7 @@ def test_oversize_upload_streams_to_413(stack: Stack, keys: dict[str, str], kind
     assert _spool_files(stack) == []
 
 
-@pytest.mark.parametrize("query", ["max_people=0", "target_fps=-1", "outputs=mesh", "colour=blue"])
+@pytest.mark.parametrize("query", ["max_people=0", "target_fps=-1", "outputs=mesh", "colour=blue", "ik=guess"])
 def test_bad_options_are_422(acme: Client, query: str, tmp_path: Path) -> None:
     clip = media.make_video(tmp_path / "c.mp4", frames=4, size=(64, 64), fps=10)
     resp = acme.http.post(f"/v1/jobs?{query}", content=clip.read_bytes())

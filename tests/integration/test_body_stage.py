@@ -23,7 +23,7 @@ from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyStage
 
 REPO = Path(__file__).resolve().parents[2]
-GRAPHS = ("genhmr_step", "tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode")
+GRAPHS = ("genhmr_step", "tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode", "neurik")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,8 @@ def test_manifest_lists_every_graph_with_parity_and_a_triton_config(bundle_dir: 
         assert {i["name"] for i in cfg["input"]} == {i["name"] for i in g["inputs"]}
     record = json.loads((bundle_dir / "training_record.json").read_text())
     assert record["seed"] == 0 and record["transformer"]["val_pa_mpjpe_mm"] > 0
+    neurik = json.loads((bundle_dir / m["graphs"]["neurik"]["training_record"]).read_text())
+    assert neurik["seeds"]["train_data"] == 0 and neurik["held_out_rmse_deg_mean"]["body"] > 0
     assert set(m["files"]) >= {g["file"] for g in m["graphs"].values()}
 
 

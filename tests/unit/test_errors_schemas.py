@@ -57,7 +57,7 @@ def test_schema_rejects_wrong_landmark_count(sample_result: dict) -> None:
 
 
 @pytest.mark.parametrize("bad", [{"target_fps": 0}, {"max_people": 0}, {"max_people": 99},
-                                 {"outputs": []}, {"outputs": ["mesh_please"]}, {"surprise": 1}])
+                                 {"outputs": []}, {"outputs": ["mesh_please"]}, {"surprise": 1}, {"ik": "magic"}])
 def test_job_options_reject_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         JobOptions.model_validate(bad)
@@ -110,6 +110,7 @@ def test_kinematics_output_needs_the_body_output() -> None:
     from kinemesh.services.common.schemas import JobOptions
 
     assert "kinematics" in JobOptions().outputs and "body" in JobOptions().outputs
+    assert JobOptions().ik == "neurik" and JobOptions(ik="opensim").ik == "opensim"  # NeurIK unless asked
     with pytest.raises(ValidationError, match="kinematics"):
         JobOptions(outputs=["keypoints_2d", "kinematics"])
     assert JobOptions(outputs=["body"]).outputs == ["body"]

@@ -82,10 +82,10 @@ def _options(query: dict[str, object], form: dict[str, object]) -> JobOptions:
 
 def _query_options(request: Request) -> dict[str, object]:
     q = request.query_params
-    out: dict[str, object] = {k: q[k] for k in ("target_fps", "max_people") if k in q}
+    out: dict[str, object] = {k: q[k] for k in ("target_fps", "max_people", "ik") if k in q}
     if "outputs" in q:
         out["outputs"] = [o for v in q.getlist("outputs") for o in v.split(",") if o]
-    unknown = set(q) - {"target_fps", "max_people", "outputs"}
+    unknown = set(q) - {"target_fps", "max_people", "outputs", "ik"}
     if unknown:
         raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
     return out

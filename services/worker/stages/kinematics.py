@@ -1,9 +1,12 @@
 """Kinematics stage: each track's body mesh -> virtual markers -> the OpenSim model scaled to the
-person -> OpenSim inverse kinematics -> filtered, range-checked joint coordinates, gait events, and
-the files clinicians open (.mot, .trc, the scaled .osim, an angle CSV and a plot).
+person -> joint coordinates -> filtered, range-checked coordinates, gait events, and the files
+clinicians open (.mot, .trc, the scaled .osim, an angle CSV and a plot).
 
-NeurIK (BioPose's learned IK, issue 4) is not trained yet: this stage runs OpenSim's own
-InverseKinematicsTool, the method NeurIK is to be trained against.
+Coordinates come from NeurIK (`ik="neurik"`, the default: BioPose's learned IK, the bundle's
+`neurik` graph run through the worker's inference backend, every window of a track in one call)
+or from OpenSim's own InverseKinematicsTool (`ik="opensim"`: the reference NeurIK is trained
+against, ~100x slower). Coordinates no virtual marker moves (toes, neck, wrists) stay at the
+model's default either way.
 
 Frames: markers go to OpenSim in the camera's frame turned to OpenSim's axes (`to_opensim_frame`:
 x towards the camera, y the camera's up, z the image's left), so the pelvis translations are in the
@@ -23,9 +26,11 @@ import numpy as np
 import torch
 
 from kinemesh.models.assets.opensim_models import MARKERS_FILE, MODEL_FILE
+from kinemesh.models.backends.base import InferenceBackend
 from kinemesh.models.biomech.gait import GaitResult, gait_events
-from kinemesh.models.biomech.opensim_model import OsimModel, degrees, write_mot
-from kinemesh.models.biomech.scaling import scale_model
+from kinemesh.models.biomech.neurik import PELVIS_COORDINATES, PELVIS_MARKERS, UNOBSERVED, WindowFn, solve
+from kinemesh.models.biomech.opensim_model import OsimModel, degrees, write_mot, write_trc
+from kinemesh.models.biomech.scaling import ScaleResult, scale_model
 from kinemesh.models.biomech.signal import LowPass, limit_violations
 from kinemesh.models.biomech.virtual_markers import (
     JOINT_MARKERS,
@@ -35,6 +40,7 @@ from kinemesh.models.biomech.virtual_markers import (
     to_opensim_frame,
 )
 from kinemesh.models.body.layer import BodyLayer
+from kinemesh.models.export.bundle import Bundle
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import StageContext
 from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
@@ -46,6 +52,8 @@ MODEL_SOURCE = "Pose2Sim Model_Pose2Sim_simple.osim with OpenCap's study markers
 CONVENTION = ("OpenSim's: angles in degrees, translations in metres; flexion, adduction and internal rotation "
               "positive; knee_angle positive in flexion; ankle_angle positive in dorsiflexion")
 ZERO_POSE = "upright standing, arms at the sides, feet forward (the model's default pose)"
+METHODS = {"neurik": "neurik", "opensim": "opensim_ik"}  # job option -> the result's method name
+NEURIK_GRAPH = "neurik"
 
 
 @dataclass
@@ -70,6 +78,19 @@ class KinematicsResult:
     marker_names: list[str]
     filter: str
     artifacts: dict[str, bytes]
+    method: str  # "neurik" or "opensim_ik"
+    fixed: list[str]  # coordinates held at the model's default (no marker moves them)
+
+
+@dataclass(frozen=True)
+class _NeurIK:
+    """The bundle's NeurIK graph as the stage uses it."""
+
+    run: WindowFn
+    window: int
+    coordinates: list[int]  # model-coordinate index of each graph output
+    pelvis: list[int]  # model-coordinate index of pelvis tilt ... tz
+    pelvis_markers: list[int]  # index of each of PELVIS_MARKERS among the markers
 
 
 class KinematicsStage:
@@ -77,8 +98,8 @@ class KinematicsStage:
 
     name = STAGE
 
-    def __init__(self, model_dir: Path | str, layer: BodyLayer, lowpass: LowPass | None = None,
-                 min_frames: int = 2) -> None:
+    def __init__(self, model_dir: Path | str, layer: BodyLayer, bundle: Bundle | None = None,
+                 backend: InferenceBackend | None = None, lowpass: LowPass | None = None, min_frames: int = 2) -> None:
         folder = Path(model_dir) / "opensim"
         model_file, markers_file = folder / MODEL_FILE, folder / MARKERS_FILE
         if not (model_file.is_file() and markers_file.is_file()):
@@ -93,7 +114,53 @@ class KinematicsStage:
         self.markers: VirtualMarkerSet = study_markers(rest.vertices[0].numpy(), rest.joints[0].numpy(),
                                                        layer.config.joint_names)
         self.marker_names = [*self.markers.names, *JOINT_MARKERS]
+        self.fixed = [n for n in self.model.coordinate_names if n in UNOBSERVED]
+        self.neurik = self._load_neurik(bundle, backend)
         self._lock = threading.Lock()  # OpenSim objects hold one state: one job at a time
+
+    def _load_neurik(self, bundle: Bundle | None, backend: InferenceBackend | None) -> _NeurIK | None:
+        """The bundle's NeurIK graph loaded into the backend, or None when the bundle has none."""
+        if bundle is None or backend is None or NEURIK_GRAPH not in bundle.manifest["graphs"]:
+            return None
+        entry = bundle.manifest["graphs"][NEURIK_GRAPH]
+        if list(entry["marker_names"]) != self.marker_names:
+            raise ModelUnavailable(f"bundle {bundle.root}: its NeurIK graph was trained on markers "
+                                   f"{entry['marker_names']}, this worker places {self.marker_names}")
+        unknown = set(entry["coordinate_names"]) - set(self.model.coordinate_names)
+        if unknown:
+            raise ModelUnavailable(f"bundle {bundle.root}: NeurIK predicts coordinates the model lacks: {sorted(unknown)}")
+        backend.load(NEURIK_GRAPH, bundle.graph_path(NEURIK_GRAPH))
+        names = self.model.coordinate_names
+
+        def run(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            out = backend.run(NEURIK_GRAPH, {"markers": windows})
+            return out["coordinates"], out["pelvis_residual"]
+
+        return _NeurIK(run, int(entry["config"]["window"]), [names.index(n) for n in entry["coordinate_names"]],
+                       [names.index(n) for n in PELVIS_COORDINATES],
+                       [self.marker_names.index(n) for n in PELVIS_MARKERS])
+
+    def _require_neurik(self) -> _NeurIK:
+        if self.neurik is None:
+            raise ModelUnavailable("ik=neurik: the bundle has no NeurIK graph (build it with `make bundle`, "
+                                   "which adds models/weights/neurik), or ask for ik=opensim")
+        return self.neurik
+
+    def solve_neurik(self, subject: OsimModel, markers: np.ndarray) -> np.ndarray:
+        """NeurIK on one track's markers (T, M, 3) (the stage's marker order) on its scaled model:
+        coordinates (T, C) SI in the model's order, unpredicted ones at the model's default."""
+        nk = self._require_neurik()
+        pelvis, joints = solve(nk.run, markers, nk.pelvis_markers, subject.marker_locations(PELVIS_MARKERS), nk.window)
+        values = np.repeat(subject.default_values()[None], len(markers), 0)
+        values[:, nk.pelvis] = pelvis
+        values[:, nk.coordinates] = joints
+        return values
+
+    def marker_error(self, subject: OsimModel, values: np.ndarray, names: list[str], markers: np.ndarray) -> np.ndarray:
+        """(T,) RMS distance between the markers and the subject model's markers at `values`, metres."""
+        order = [subject.marker_names.index(n) for n in names]
+        fitted = subject.marker_positions(values)[:, order]
+        return np.sqrt(np.mean(np.sum((fitted - markers) ** 2, -1), -1))
 
     def _track_markers(self, tb: TrackBodies) -> tuple[list[str], np.ndarray]:
         """(names, (T, M, 3) OpenSim-frame marker positions) of one track: each marker carried by its
@@ -105,7 +172,19 @@ class KinematicsStage:
             chunks.append(to_opensim_frame(points))
         return names, np.concatenate(chunks)
 
-    def run(self, body: BodyResult, fps: float, ctx: StageContext) -> KinematicsResult:
+    def subject(self, tb: TrackBodies, folder: Path) -> tuple[list[str], np.ndarray, ScaleResult]:
+        """One track's marker names, markers (T, M, 3) in OpenSim's axes, and the OpenSim model scaled
+        to the person (written to `folder`) from their markers in the body model's rest pose."""
+        names, markers = self._track_markers(tb)
+        _, static = rigid_positions(self.markers, self.layer, self._rest, tb.shape, np.zeros((1, 3)))
+        scaled = scale_model(self.model, to_opensim_frame(static[0]), names, folder / f"track{tb.track_id}.osim")
+        return names, markers, scaled
+
+    def run(self, body: BodyResult, fps: float, ctx: StageContext, ik: str = "neurik") -> KinematicsResult:
+        if ik not in METHODS:
+            raise ValueError(f"ik must be one of {sorted(METHODS)}, not {ik!r}")
+        if ik == "neurik":
+            self._require_neurik()  # fail before any work
         m = self.model
         # The pelvis's position and orientation are the body's place in the camera's frame, not joint
         # angles: their model ranges describe a lab (pelvis_rotation within +-90 degrees of it), so a
@@ -117,16 +196,20 @@ class KinematicsStage:
                 ctx.check_cancelled()
                 if len(tb.frame_index) < self.min_frames:
                     continue
-                names, markers = self._track_markers(tb)
-                _, static = rigid_positions(self.markers, self.layer, self._rest, tb.shape, np.zeros((1, 3)))
                 folder = Path(tmp) / f"track{tb.track_id}"
-                scaled = scale_model(m, to_opensim_frame(static[0]), names, folder / f"track{tb.track_id}.osim")
-                ik = scaled.model.inverse_kinematics(markers, names, fps, work_dir=folder)
-                values = self.lowpass(ik.values, fps)
+                names, markers, scaled = self.subject(tb, folder)
+                if ik == "opensim":
+                    solved = scaled.model.inverse_kinematics(markers, names, fps, work_dir=folder)
+                    raw, error = solved.values, solved.marker_rms_m
+                else:
+                    raw = self.solve_neurik(scaled.model, markers)
+                    error = self.marker_error(scaled.model, raw, names, markers)
+                    write_trc(folder / "markers.trc", markers, names, fps)
+                values = self.lowpass(raw, fps)
                 time_s = tb.timestamps_s - tb.timestamps_s[0]
                 track = TrackKinematics(
                     track_id=tb.track_id, frame_index=tb.frame_index, time_s=time_s, values=values,
-                    marker_error_m=ik.marker_rms_m, violations=limit_violations(values, m.coordinates) & anatomical,
+                    marker_error_m=error, violations=limit_violations(values, m.coordinates) & anatomical,
                     scale_factors=scaled.scale_factors, gait=self._gait(names, markers, fps))
                 stem = f"kinematics_track{tb.track_id}"
                 write_mot(folder / "filtered.mot", values, m.coordinate_names, m.rotational, time_s)
@@ -137,12 +220,12 @@ class KinematicsStage:
                     track.artifacts[kind] = name
                 artifacts[f"{stem}.csv"] = self._csv(track)
                 track.artifacts["csv"] = f"{stem}.csv"
-                artifacts[f"{stem}.png"] = self._plot(track)
+                artifacts[f"{stem}.png"] = self._plot(track, METHODS[ik])
                 track.artifacts["png"] = f"{stem}.png"
                 out.append(track)
                 ctx.progress(STAGE, (k + 1) / len(body.tracks))
         return KinematicsResult(out, m.coordinate_names, m.rotational, m.ranges, self.marker_names,
-                                self.lowpass.describe(fps), artifacts)
+                                self.lowpass.describe(fps), artifacts, METHODS[ik], self.fixed)
 
     @staticmethod
     def _gait(names: list[str], markers: np.ndarray, fps: float) -> GaitResult | None:
@@ -163,7 +246,7 @@ class KinematicsStage:
             w.writerow([int(f), f"{t:.4f}", *[f"{v:.4f}" for v in row]])
         return out.getvalue().encode()
 
-    def _plot(self, track: TrackKinematics) -> bytes:
+    def _plot(self, track: TrackKinematics, method: str) -> bytes:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -178,7 +261,7 @@ class KinematicsStage:
             ax.legend(loc="upper right", fontsize=8)
             ax.grid(alpha=0.3)
         axes[-1].set_xlabel("time (s)")
-        fig.suptitle(f"track {track.track_id}: sagittal joint angles (OpenSim IK, {self.lowpass.cutoff_hz:g} Hz low-pass)")
+        fig.suptitle(f"track {track.track_id}: sagittal joint angles ({method}, {self.lowpass.cutoff_hz:g} Hz low-pass)")
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
