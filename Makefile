@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 VAR ?= var
 STAMP := $(VENV)/.kinemesh-installed
 
-.PHONY: setup demo test bench bench-body lint models body clips bundle train-default train-neurik clean schema opensim
+.PHONY: setup demo test bench bench-body bench-kinematics lint models body clips bundle train-default train-neurik clean schema opensim
 
 setup: $(STAMP) models body clips bundle opensim
 
@@ -29,21 +29,25 @@ body: $(STAMP)
 clips: $(STAMP)
 	$(PY) -m kinemesh.models.assets.pose2sim_clips --cache-dir $(VAR)/cache/pose2sim
 
-# NeurIK on synthetic data (not yet served: the kinematics stage runs OpenSim IK).
+# Retrain NeurIK from scratch on synthetic data (about 7 minutes of data, cached under var/cache/neurik,
+# then about 40 minutes of training on 2 cores); seeds are fixed. `make bundle` then exports it.
 train-neurik: setup
-	OMP_NUM_THREADS=2 $(PY) -m kinemesh.models.training.train_neurik --out models/weights/neurik --var $(VAR)
+	OMP_NUM_THREADS=2 $(PY) -m kinemesh.models.training.train_neurik --out models/weights/neurik --var $(VAR) \
+		--steps 8000 --batch 64
+	$(MAKE) bundle
 
 # The biomechanical model: Pose2Sim's simple OpenSim model and anatomical marker set (BSD-3).
 opensim: $(STAMP)
 	$(PY) -m kinemesh.models.assets.opensim_models --out $(VAR)/models/opensim --cache-dir $(VAR)/cache/pose2sim
 
-# The default bundle: ONNX graphs exported from the committed weights (models/weights/default),
-# parity-checked, with Triton configs and a manifest of sha256 sums.
+# The default bundle: ONNX graphs exported from the committed weights (models/weights/default and
+# models/weights/neurik), parity-checked, with Triton configs and a manifest of sha256 sums.
 BUNDLE := $(VAR)/models/bundle/default
 bundle: $(BUNDLE)/manifest.json
 $(BUNDLE)/manifest.json: $(STAMP) models/weights/default/record.json models/weights/default/pose_tokenizer.pt \
-		models/weights/default/genhmr_keypoints.pt models/export/bundle.py models/export/onnx_export.py | body
-	$(PY) -m kinemesh.models.export.bundle build --weights models/weights/default \
+		models/weights/default/genhmr_keypoints.pt models/weights/neurik/neurik.pt models/weights/neurik/record.json \
+		models/export/bundle.py models/export/onnx_export.py models/biomech/neurik.py | body
+	$(PY) -m kinemesh.models.export.bundle build --weights models/weights/default --neurik models/weights/neurik \
 		--body $(VAR)/models/body/anny_core.npz --out $(BUNDLE)
 
 # Retrain the default weights from scratch (about 50 minutes, one thread: the committed weights were
@@ -70,6 +74,9 @@ bench: setup
 
 bench-body: setup
 	$(PY) bench/bench_body.py
+
+bench-kinematics: setup
+	$(PY) bench/bench_kinematics.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services models tests bench kinemesh

@@ -40,7 +40,6 @@ from kinemesh.models.training.metrics import BODY_METRIC_JOINTS, mpjpe_mm, pa_mp
 from kinemesh.models.training.synth import FOCAL_PX, generate  # noqa: E402
 from kinemesh.models.training.train_default import body_joints  # noqa: E402
 from kinemesh.services.common.media import MediaLimits  # noqa: E402
-from kinemesh.services.worker.stages.kinematics import SAGITTAL  # noqa: E402
 
 VAR = REPO / "var"
 NO_LIMITS = MediaLimits(max_duration_s=1e9, max_pixels=1 << 40, max_side=1 << 20)  # benchmarks decode any clip
@@ -69,11 +68,6 @@ DESCRIPTIONS = {
                                          "the trial's calibration, mean over views, with refinement",
     "real_pa_mpjpe_mm_vs_triangulation_unrefined": "the same without refinement",
     "real_pa_mpjpe_mm_mediapipe_world_vs_triangulation": "the same for MediaPipe's own world landmarks (for scale)",
-    "crossview_joint_angle_deg": "the same views, kinematics stage (OpenSim IK on the virtual markers, 6 Hz "
-                                 "low-pass): mean absolute disagreement between views of hip, knee and ankle "
-                                 "flexion, frames matched by the calibrated lags (mean of 6 pairs and 6 angles)",
-    **{f"crossview_joint_angle_deg_{c}": f"the same for {c} alone" for c in SAGITTAL},
-    "kinematics_ms_per_frame": "kinematics stage time per person-frame on those views (scaling, IK, files)",
     "crossview_limb_pa_mpjpe_mm": "the same views: pairwise PA-MPJPE of the 16 limb landmarks, frames matched by "
                                   "the calibrated lags, with refinement (mean of 6 pairs)",
     "crossview_limb_pa_mpjpe_mm_mediapipe_world": "the same for MediaPipe's own world landmarks: how far a "
@@ -185,41 +179,10 @@ def real_clips(clips: dict[str, Path], model_dir: Path, stage) -> dict[str, floa
         out[f"real_pa_mpjpe_mm_vs_triangulation{label}"] = round(float(np.mean(list(acc.values()))), 1)
         print(f"PA-MPJPE against the triangulation per view{label}: { {c[-2:]: round(v) for c, v in acc.items()} }")
         if n:
-            out.update(kinematics_figures(bodies, model_dir, stage.layer))
             out["crossview_limb_pa_mpjpe_mm"] = round(_crossview_landmarks(
                 {cam: _body_landmarks(stage.layer, tb) for cam, tb in tracks.items()}), 1)
     world = {cam: {f.index: f.people[0][1].world for f in t.frames if f.people} for cam, t in views.items()}
     out["crossview_limb_pa_mpjpe_mm_mediapipe_world"] = round(_crossview_landmarks(world), 1)
-    return out
-
-
-def kinematics_figures(bodies: dict, model_dir: Path, layer) -> dict[str, float]:
-    """The kinematics stage on each view's bodies (fitted with `layer`): how far the views disagree
-    on the lower-limb sagittal angles (frames matched by the calibrated lags), and its time per frame."""
-    from kinemesh.services.worker.stages.base import NullContext
-    from kinemesh.services.worker.stages.kinematics import KinematicsStage
-
-    stage = KinematicsStage(model_dir, layer)
-    angles, frames, seconds = {}, 0, 0.0
-    for cam, body in bodies.items():
-        t0 = time.perf_counter()
-        res = stage.run(body, 30.0, NullContext())
-        seconds += time.perf_counter() - t0
-        track = max(res.tracks, key=lambda t: len(t.frame_index))
-        frames += sum(len(t.frame_index) for t in res.tracks)
-        idx = [res.coordinate_names.index(c) for c in SAGITTAL]
-        deg = np.degrees(track.values[:, idx])
-        lag = LAGS_30FPS.get(cam, 0)
-        angles[cam] = {int(f) - lag: deg[k] for k, f in enumerate(track.frame_index)}
-    diffs = []  # (pairs, 6) mean absolute difference per coordinate
-    for a, b in itertools.combinations(sorted(angles), 2):
-        common = sorted(set(angles[a]) & set(angles[b]))
-        diffs.append(np.mean([np.abs(angles[a][f] - angles[b][f]) for f in common], 0))
-    per = np.mean(diffs, 0)
-    out = {f"crossview_joint_angle_deg_{c}": round(float(v), 1) for c, v in zip(SAGITTAL, per, strict=True)}
-    out["crossview_joint_angle_deg"] = round(float(per.mean()), 1)
-    out["kinematics_ms_per_frame"] = round(1000 * seconds / max(frames, 1), 2)
-    print(f"kinematics: cross-view sagittal angle disagreement {out}")
     return out
 
 
