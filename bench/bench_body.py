@@ -18,7 +18,6 @@ Speed
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -367,17 +366,10 @@ def body_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, float]:
 
 
 def main() -> int:
-    from bench.run import write_markdown
+    from bench.run import merge_results
     from kinemesh.models.assets.pose2sim_clips import ensure_demo_clips
 
-    clips = ensure_demo_clips(VAR / "cache" / "pose2sim")
-    results = body_figures(VAR / "models", clips)
-    path = REPO / "bench" / "results.json"
-    merged = {**json.loads(path.read_text()), **results} if path.exists() else results
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    write_markdown(merged, "make bench-body` (`python bench/bench_body.py`, body keys only, merged into the last "
-                           "`make bench")
-    print(json.dumps(results, indent=2))
+    merge_results(body_figures(VAR / "models", ensure_demo_clips(VAR / "cache" / "pose2sim")), "bench-body", "bench_body.py")
     return 0
 
 

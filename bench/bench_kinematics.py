@@ -207,17 +207,10 @@ def kinematics_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, flo
 
 
 def main() -> int:
-    from bench.run import write_markdown
+    from bench.run import merge_results
     from kinemesh.models.assets.pose2sim_clips import ensure_demo_clips
 
-    clips = ensure_demo_clips(VAR / "cache" / "pose2sim")
-    results = kinematics_figures(VAR / "models", clips)
-    path = REPO / "bench" / "results.json"
-    merged = {**json.loads(path.read_text()), **results} if path.exists() else results
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    write_markdown(merged, "make bench-kinematics` (`python bench/bench_kinematics.py`, kinematics keys only, "
-                           "merged into the last `make bench")
-    print(json.dumps(results, indent=2))
+    merge_results(kinematics_figures(VAR / "models", ensure_demo_clips(VAR / "cache" / "pose2sim")), "bench-kinematics", "bench_kinematics.py")
     return 0
 
 

@@ -196,6 +196,16 @@ DESCRIPTIONS = {
 }
 
 
+def merge_results(results: dict[str, float], target: str, script: str) -> None:
+    """Merge one benchmark's figures into bench/results.json and rewrite bench/RESULTS.md, keeping
+    the other benchmarks' figures; `make <target>` (`python bench/<script>`) produced them."""
+    path = REPO / "bench" / "results.json"
+    merged = {**json.loads(path.read_text()), **results} if path.exists() else results
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    write_markdown(merged, f"make {target}` (`python bench/{script}`, its keys only, merged into the last `make bench")
+    print(json.dumps(results, indent=2))
+
+
 def write_markdown(results: dict[str, float], command: str = f"{COMMAND}` (`python bench/run.py") -> None:
     lines = [
         "# Benchmark results",
