@@ -16,8 +16,9 @@ Layout of a bundle directory:
 Graphs of the default bundle: genhmr_step (one decoding step), tokenizer_decode (token ids ->
 pose), tokenizer_decode_embeddings (continuous embeddings -> pose), tokenizer_encode (pose ->
 token ids) and neurik (windows of virtual markers -> joint coordinates, pelvis residual, body
-scales; from models/weights/neurik). Each is exported with a dynamic batch axis, checked by onnx.checker and held to ONNX
-Runtime/PyTorch parity (max abs difference <= 1e-4, recorded per output in the manifest).
+scales; from models/weights/neurik). Each is exported with a dynamic batch axis, checked by
+onnx.checker and held to ONNX Runtime/PyTorch parity (max abs difference <= 1e-4, recorded per
+output in the manifest).
 """
 
 from __future__ import annotations
