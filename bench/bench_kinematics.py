@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from kinemesh.models.assets.pose2sim_clips import SINGLE_PERSON_LAGS_60FPS  # noqa: E402
 from kinemesh.models.biomech.neurik import UNOBSERVED, angle_rmse_deg  # noqa: E402
-from kinemesh.models.biomech.neurik_data import MAX_SPEED_DEG_S, generate  # noqa: E402
+from kinemesh.models.biomech.neurik_data import MAX_SPEED_DEG_S, generate, ik_flips  # noqa: E402
 from kinemesh.models.biomech.opensim_model import OsimModel  # noqa: E402
 from kinemesh.services.common.media import MediaLimits  # noqa: E402
 from kinemesh.services.worker.stages.kinematics import SAGITTAL, KinematicsStage  # noqa: E402
@@ -109,8 +109,8 @@ def real_views(clips: dict[str, Path], model_dir: Path):
 
 
 def flip_frames(values: np.ndarray, stage: KinematicsStage, fps: float) -> np.ndarray:
-    """(T,) bool: frames next to a jump of any angle faster than neurik_data's MAX_SPEED_DEG_S (an IK flip)."""
-    step = np.abs(np.diff(values[:, stage.model.rotational], axis=0)).max(1) > np.radians(MAX_SPEED_DEG_S / fps)
+    """(T,) bool: frames next to an OpenSim IK flip (`ik_flips`)."""
+    step = ik_flips(values, stage.model, fps)
     out = np.zeros(len(values), bool)
     out[1:] |= step
     out[:-1] |= step

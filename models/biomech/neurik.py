@@ -135,7 +135,7 @@ class NeurIKConfig:
     markers: int = 31  # M
     coordinates: int = 25  # C: the joint coordinates NeurIK predicts (not the pelvis's, not UNOBSERVED)
     bodies: int = 22  # K: scaled bodies
-    window: int = 16  # T: frames per window (longer tracks run window by window, overlapping)
+    window: int = 16  # T: frames per window (longer tracks run window by window)
     dim: int = 32  # D: marker tokens
     depth: int = 1  # spatial blocks (attention across the markers of a frame)
     frame_dim: int = 192  # E: frame tokens
@@ -265,8 +265,8 @@ def torch_window_fn(net: NeurIK) -> WindowFn:
 
 def run_windows(run: WindowFn, features: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (T, M, 4) of a whole track -> joint coordinates (T, C) and pelvis residuals (T, 6):
-    every window in one batched call, the last window's overlap averaged; a track shorter than a window is padded by
-    repeating its last frame (the graph's T is fixed)."""
+    every window in one batched call, the last window's overlap averaged; a track shorter than a
+    window is padded by repeating its last frame (the graph's T is fixed)."""
     T = len(features)
     if T == 0:
         raise ValueError("no frames")

@@ -55,11 +55,17 @@ MAX_SPEED_DEG_S = 900.0  # faster than any joint of a clinical motion: an IK fli
 MAX_TRIES = 40
 
 
+def ik_flips(values: np.ndarray, model: OsimModel, fps: float) -> np.ndarray:
+    """(T - 1,) bool: the steps between frames where some rotational coordinate of OpenSim IK's
+    (T, C) moves faster than MAX_SPEED_DEG_S (an IK flip)."""
+    step = np.abs(np.diff(values[:, model.rotational], axis=0))  # (T - 1, rotational)
+    return step.max(1, initial=0.0) > np.radians(MAX_SPEED_DEG_S / fps)
+
+
 def well_posed(values: np.ndarray, model: OsimModel, fps: float) -> bool:
-    """Whether OpenSim IK's coordinates (T, C) of a motion are usable labels: no rotational
-    coordinate jumps faster than MAX_SPEED_DEG_S, and no shoulder angle sits at its limit."""
-    step = np.abs(np.diff(values[:, model.rotational], axis=0))
-    if step.size and step.max() > np.radians(MAX_SPEED_DEG_S / fps):
+    """Whether OpenSim IK's coordinates (T, C) of a motion are usable labels: no flip (`ik_flips`),
+    and no shoulder angle sits at its limit."""
+    if ik_flips(values, model, fps).any():
         return False
     idx = [model.coordinate_names.index(n) for n in SHOULDER_COORDINATES]
     lo, hi = model.ranges[idx].T

@@ -62,6 +62,11 @@ class Prepared:
     bodies: list[str]
     rejected: int  # motions the generator dropped as not well-posed
 
+    def fit(self, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sequence p's rigid pelvis fit: rotations (T, 3, 3) and origins (T, 3)."""
+        pose = self.pelvis[p].astype(np.float64)
+        return pose[:, :9].reshape(-1, 3, 3), pose[:, 9:]
+
 
 def prepared_data(model: OsimModel, layer, cache_dir: Path, subjects: int, sequences: int, frames: int,
                   seed: int) -> Prepared:
@@ -94,10 +99,8 @@ def prepared_data(model: OsimModel, layer, cache_dir: Path, subjects: int, seque
 def pelvis_targets(data: Prepared, names: list[str]) -> np.ndarray:
     """(P, T, 6) what turns each frame's rigid pelvis fit into OpenSim IK's pelvis (`pelvis_residual`)."""
     idx = [names.index(n) for n in PELVIS_COORDINATES]
-    P, T = data.features.shape[:2]
-    R = data.pelvis[..., :9].reshape(P, T, 3, 3).astype(np.float64)
-    return np.stack([pelvis_residual(R[p], data.pelvis[p, :, 9:].astype(np.float64),
-                                     data.coordinates[p][:, idx].astype(np.float64)) for p in range(P)]).astype(np.float32)
+    return np.stack([pelvis_residual(*data.fit(p), data.coordinates[p][:, idx].astype(np.float64))
+                     for p in range(len(data.features))]).astype(np.float32)
 
 
 def evaluate(net: NeurIK, data: Prepared, names: list[str]) -> dict[str, np.ndarray]:
@@ -106,12 +109,10 @@ def evaluate(net: NeurIK, data: Prepared, names: list[str]) -> dict[str, np.ndar
     net.eval()
     run = torch_window_fn(net)
     pelvis_idx = [names.index(n) for n in PELVIS_COORDINATES[:3]]
-    P, T = data.features.shape[:2]
-    R = data.pelvis[..., :9].reshape(P, T, 3, 3).astype(np.float64)
     preds = []
-    for p in range(P):
+    for p in range(len(data.features)):
         coords, residual = run_windows(run, data.features[p], net.cfg.window)
-        pelvis = apply_pelvis_residual(R[p], data.pelvis[p, :, 9:].astype(np.float64), residual)
+        pelvis = apply_pelvis_residual(*data.fit(p), residual)
         preds.append(np.concatenate([coords, pelvis[:, :3]], 1))
     preds = np.stack(preds)
     truth = np.concatenate([data.targets, data.coordinates[..., pelvis_idx]], -1)
