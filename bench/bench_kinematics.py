@@ -10,6 +10,11 @@ RMSE per coordinate in degrees over the coordinates NeurIK estimates: its 25 joi
 pelvis's tilt, list and rotation (the fixed toes, neck and wrists and the translations are left out).
 Speed: NeurIK (pelvis fit, features, the bundle's ONNX graph through the worker's ONNX Runtime backend,
 every window of a track in one call) against OpenSim's InverseKinematicsTool on the same frames, one run.
+Each figure is given for the network alone (the `neurik_*` keys, as the issue defines them) and for
+what the worker serves by default, the network followed by the least-squares marker fit
+(`neurik_fit_*`, FIT_ITERATIONS steps; the real set also with other step counts). Diagnostics of
+what is left: the fit from OpenSim IK's own answers, the fit run frame by frame as IK tracks, and
+NeurIK + fit on each of Demo_MultiPerson's four views (never used to choose anything).
 Cross-view: the views' disagreement on the lower-limb sagittal angles, frames matched by the trial's
 calibrated lags, for both methods.
 """
@@ -32,14 +37,17 @@ from kinemesh.models.assets.pose2sim_clips import SINGLE_PERSON_LAGS_60FPS  # no
 from kinemesh.models.biomech.neurik import UNOBSERVED, angle_rmse_deg  # noqa: E402
 from kinemesh.models.biomech.neurik_data import MAX_SPEED_DEG_S, generate, ik_flips  # noqa: E402
 from kinemesh.models.biomech.opensim_model import OsimModel  # noqa: E402
+from kinemesh.models.biomech.osim_torch import TorchKinematics, fit_markers, ik_bounds  # noqa: E402
 from kinemesh.services.common.media import MediaLimits  # noqa: E402
-from kinemesh.services.worker.stages.kinematics import SAGITTAL, KinematicsStage  # noqa: E402
+from kinemesh.services.worker.stages.kinematics import FIT_ITERATIONS, SAGITTAL, KinematicsStage  # noqa: E402
 
 VAR = REPO / "var"
 NO_LIMITS = MediaLimits(max_duration_s=1e9, max_pixels=1 << 40, max_side=1 << 20)
 LAGS_30FPS = {cam: lag // 2 for cam, lag in SINGLE_PERSON_LAGS_60FPS.items()}
 HELD_OUT_SEED = 2024  # NeurIK's training used data seeds 0 (train) and 1000 (validation)
 VIEWS = ("single_cam01", "single_cam02", "single_cam03", "single_cam04")
+OTHER_VIEWS = ("multi_cam01", "multi_cam02", "multi_cam03", "multi_cam04")  # Demo_MultiPerson, one person each
+FIT_SWEEP = (3, 5, FIT_ITERATIONS, 20)  # marker-fit steps tried on the real set
 LOWER_LIMB = ("hip_flexion", "hip_adduction", "hip_rotation", "knee_angle", "ankle_angle", "subtalar_angle")
 
 DESCRIPTIONS = {
@@ -59,14 +67,32 @@ DESCRIPTIONS = {
                                  "one call) over OpenSim's InverseKinematicsTool on the same frames (the 4 views' "
                                  "tracks), same run (target >= 100)",
     "neurik_fps": "NeurIK frames/s in that comparison (median of 7 repeats per track)",
+    "neurik_fit_rmse_deg_mean_synth": f"NeurIK then {FIT_ITERATIONS} steps of the marker fit (the worker's default "
+                                      "ik=neurik) vs OpenSim IK, held-out synthetic set, mean RMSE in degrees",
+    "neurik_fit_rmse_deg_mean_real": "the same on the real views",
+    "neurik_fit_rmse_deg_max_lower_limb": "the largest lower-limb RMSE of NeurIK + fit over both sets",
+    "neurik_fit_rmse_deg_mean_real_no_arms": "NeurIK + fit on the real views without the 10 arm coordinates",
+    **{f"neurik_fit{n}_rmse_deg_mean_real": f"NeurIK then {n} marker-fit steps vs OpenSim IK, real views"
+       for n in FIT_SWEEP if n != FIT_ITERATIONS},
+    "neurik_fit_marker_rms_vs_opensim": "NeurIK + fit's RMS marker error over OpenSim IK's on the real frames "
+                                        "(both minimise it; below 1: the fit explains the markers better)",
+    "neurik_fit_sequential_rmse_deg_mean_real": "diagnostic: the marker fit run as OpenSim IK tracks (each frame "
+                                                "from the previous frame's answer, one frame at a time) vs OpenSim "
+                                                "IK, real views",
+    "neurik_fit_from_ik_rmse_deg_mean_real": "diagnostic: the marker fit started from OpenSim IK's own answers vs "
+                                             "those answers, real views (how far IK stops from the minimum)",
+    **{f"neurik_fit_rmse_deg_mean_{cam}": f"NeurIK + fit vs OpenSim IK on Demo_MultiPerson's {cam[-5:]} alone "
+       "(one person; not used for any choice)" for cam in OTHER_VIEWS},
+    "neurik_fit_fps": "NeurIK + fit frames/s on the real tracks (median of 7 repeats per track)",
+    "neurik_fit_speedup_vs_opensim": "NeurIK + fit frames/s over OpenSim IK's, same run",
     "opensim_ik_fps": "OpenSim IK frames/s in that comparison",
     "crossview_joint_angle_deg": "Demo_SinglePerson, 4 views each processed alone, kinematics stage as the worker "
-                                 "runs it (NeurIK, 6 Hz low-pass): mean absolute disagreement between views of hip, "
+                                 "runs it (NeurIK + marker fit, 6 Hz low-pass): mean absolute disagreement between views of hip, "
                                  "knee and ankle flexion, frames matched by the calibrated lags (6 pairs x 6 angles)",
     **{f"crossview_joint_angle_deg_{c}": f"the same for {c} alone" for c in SAGITTAL},
     "crossview_joint_angle_deg_opensim": "the same with OpenSim IK instead of NeurIK",
     "kinematics_ms_per_frame": "kinematics stage time per person-frame on those views with NeurIK (markers, "
-                               "scaling, NeurIK, marker error, files)",
+                               "scaling, NeurIK + marker fit, files)",
     "kinematics_ms_per_frame_opensim": "the same with OpenSim IK",
 }
 
@@ -77,23 +103,29 @@ def compared(stage: KinematicsStage) -> list[int]:
     return [i for i, (n, r) in enumerate(zip(m.coordinate_names, m.rotational, strict=True)) if r and n not in UNOBSERVED]
 
 
-def synthetic(stage: KinematicsStage) -> np.ndarray:
-    """Per-coordinate RMSE (C,) of NeurIK against OpenSim IK on the held-out synthetic set."""
+def synthetic(stage: KinematicsStage) -> tuple[np.ndarray, np.ndarray]:
+    """Per-coordinate RMSE (C,) of NeurIK, and of NeurIK + fit, against OpenSim IK on the held-out
+    synthetic set."""
     idx = compared(stage)
     with tempfile.TemporaryDirectory(prefix="kinemesh-bench-neurik-") as tmp:
         data = generate(stage.model, stage.layer, stage.markers, subjects=6, sequences_per_subject=4, frames=96,
                         seed=HELD_OUT_SEED, occlusion=0.0, work_dir=tmp)
         subjects = {s: OsimModel(Path(tmp) / f"subject{s}.osim") for s in set(data.subject.tolist())}
-        pred, truth = [], []
+        pred, fitted, truth = [], [], []
         for p, kind in enumerate(data.kind):
             if kind == "body":  # the runtime input; its labels are OpenSim IK on these very markers
-                pred.append(stage.solve_neurik(subjects[int(data.subject[p])], data.markers[p])[:, idx])
+                subject, markers = subjects[int(data.subject[p])], data.markers[p]
+                net = stage.solve_neurik(subject, markers)
+                pred.append(net[:, idx])
+                fitted.append(stage.fit(subject, markers, net, FIT_ITERATIONS)[0][:, idx])
                 truth.append(data.coordinates[p][:, idx])
-    return angle_rmse_deg(np.stack(pred), np.stack(truth), wrap=True)
+    truth_ = np.stack(truth)
+    return angle_rmse_deg(np.stack(pred), truth_, wrap=True), angle_rmse_deg(np.stack(fitted), truth_, wrap=True)
 
 
-def real_views(clips: dict[str, Path], model_dir: Path):
-    """{view: BodyResult} for the four Demo_SinglePerson views, and the body stage."""
+def real_views(clips: dict[str, Path], model_dir: Path, views: tuple[str, ...] = VIEWS + OTHER_VIEWS):
+    """{view: BodyResult} for `views` (default: Demo_SinglePerson's and Demo_MultiPerson's four), and
+    the body stage."""
     from kinemesh.services.worker.stages.base import NullContext
     from kinemesh.services.worker.stages.body import BodyStage
     from kinemesh.services.worker.stages.decode import DecodeStage
@@ -102,7 +134,7 @@ def real_views(clips: dict[str, Path], model_dir: Path):
     body = BodyStage(model_dir / "bundle" / "default")
     out = {}
     with KeypointStage(model_dir, max_people=1) as kps:
-        for cam in VIEWS:
+        for cam in views:
             tracks = kps.run(DecodeStage().open(clips[cam], 30.0, limits=NO_LIMITS), NullContext())
             out[cam] = body.run(tracks, NullContext(), meshes=False)
     return out, body
@@ -117,11 +149,31 @@ def flip_frames(values: np.ndarray, stage: KinematicsStage, fps: float) -> np.nd
     return out
 
 
-def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Per-coordinate RMSE (C,) of NeurIK against OpenSim IK on every track of the real views, the
-    same over the frames where OpenSim IK did not flip, and the frames per second of each."""
+def _median_time(fn, *args, repeats: int = 7) -> float:
+    """Median seconds of `fn(*args)` over `repeats` calls."""
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*args)
+        runs.append(time.perf_counter() - t0)
+    return float(np.median(runs))
+
+
+def _served(stage: KinematicsStage, subject: OsimModel, markers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What `ik=neurik` computes: the network, then the stage's marker fit."""
+    return stage.fit(subject, markers, stage.solve_neurik(subject, markers))
+
+
+def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
+    """On every track of the real views, against OpenSim IK: per-coordinate RMSE (C,) of NeurIK
+    ("network"), of NeurIK + fit ("fit", and "fit<n>" for each step count in FIT_SWEEP), the network's
+    over the frames where OpenSim IK did not flip ("steady"); frames per second of IK, the network and
+    network + fit ("fps_ik", "fps_network", "fps_fit"); the fit's marker RMS over IK's ("rms_ratio")."""
     idx = compared(stage)
-    diffs, flips, frames, t_ik, t_nk = [], [], 0, 0.0, 0.0
+    steps = sorted({0, *FIT_SWEEP})
+    pred: dict[int, list] = {n: [] for n in steps}
+    truth, flips, rms_fit, rms_ik, sequential, from_ik = [], [], [], [], [], []
+    frames, t_ik, t_nk, t_fit = 0, 0.0, 0.0, 0.0
     with tempfile.TemporaryDirectory(prefix="kinemesh-bench-ik-") as tmp:
         for cam, res in bodies.items():
             for tb in res.tracks:
@@ -129,22 +181,59 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> tuple[np.ndarray,
                 t0 = time.perf_counter()
                 ik = scaled.model.inverse_kinematics(markers, names, 30.0)
                 t_ik += time.perf_counter() - t0
-                runs = []
-                for _ in range(7):
-                    t0 = time.perf_counter()
-                    nk = stage.solve_neurik(scaled.model, markers)
-                    runs.append(time.perf_counter() - t0)
-                t_nk += float(np.median(runs))
+                t_nk += _median_time(stage.solve_neurik, scaled.model, markers)
+                t_fit += _median_time(_served, stage, scaled.model, markers)
                 frames += len(markers)
-                diffs.append((nk[:, idx], ik.values[:, idx]))
+                net = stage.solve_neurik(scaled.model, markers)
+                for n in steps:
+                    values, rms = stage.fit(scaled.model, markers, net, n)
+                    pred[n].append(values[:, idx])
+                    if n == FIT_ITERATIONS:
+                        rms_fit.append(rms)
+                        sequential.append(fit_frame_by_frame(stage, scaled.model, markers, values[0])[:, idx])
+                from_ik.append(stage.fit(scaled.model, markers, ik.values)[0][:, idx])
+                truth.append(ik.values[:, idx])
+                rms_ik.append(ik.marker_rms_m)
                 flips.append(flip_frames(ik.values, stage, 30.0))
-    pred = np.concatenate([d[0] for d in diffs])
-    truth = np.concatenate([d[1] for d in diffs])
+    want = np.concatenate(truth)
     steady = ~np.concatenate(flips)
     print(f"  OpenSim IK flips (an angle jumps > {MAX_SPEED_DEG_S:g} deg/s) next to {1 - steady.mean():.0%} of the "
           "real frames")
-    return (angle_rmse_deg(pred, truth, wrap=True), angle_rmse_deg(pred[steady], truth[steady], wrap=True),
-            frames / t_nk, frames / t_ik)
+    rmse = {n: angle_rmse_deg(np.concatenate(pred[n]), want, wrap=True) for n in steps}
+    out = {"network": rmse[0], "fit": rmse[FIT_ITERATIONS],
+           "steady": angle_rmse_deg(np.concatenate(pred[0])[steady], want[steady], wrap=True),
+           "fps_ik": frames / t_ik, "fps_network": frames / t_nk, "fps_fit": frames / t_fit,
+           "rms_ratio": float(np.sqrt(np.mean(np.concatenate(rms_fit) ** 2) / np.mean(np.concatenate(rms_ik) ** 2)))}
+    out.update({f"fit{n}": rmse[n] for n in FIT_SWEEP if n != FIT_ITERATIONS})
+    out["fit_sequential"] = angle_rmse_deg(np.concatenate(sequential), want, wrap=True)
+    out["fit_from_ik"] = angle_rmse_deg(np.concatenate(from_ik), want, wrap=True)
+    return out
+
+
+def fit_frame_by_frame(stage: KinematicsStage, subject: OsimModel, markers: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The marker fit as OpenSim IK tracks: each frame from the previous frame's answer (`first`
+    (C,) for frame 0), FIT_ITERATIONS steps each, one frame at a time: coordinates (T, C)."""
+    fk = TorchKinematics(subject, stage.marker_names)
+    lower, upper, free = ik_bounds(subject)
+    out = [np.asarray(first, dtype=np.float64)]
+    for t in range(1, len(markers)):
+        out.append(fit_markers(fk, markers[t:t + 1], out[-1][None], lower, upper, free, FIT_ITERATIONS)[0][0])
+    return np.stack(out)
+
+
+def other_views(stage: KinematicsStage, bodies: dict) -> dict[str, float]:
+    """Mean RMSE of NeurIK + fit against OpenSim IK on each of `bodies`' views (every track)."""
+    idx = compared(stage)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="kinemesh-bench-other-") as tmp:
+        for cam, res in bodies.items():
+            got, want = [], []
+            for tb in res.tracks:
+                names, markers, scaled = stage.subject(tb, Path(tmp) / cam)
+                want.append(scaled.model.inverse_kinematics(markers, names, 30.0).values[:, idx])
+                got.append(_served(stage, scaled.model, markers)[0][:, idx])
+            out[cam] = float(angle_rmse_deg(np.concatenate(got), np.concatenate(want), wrap=True).mean())
+    return out
 
 
 def crossview(stage: KinematicsStage, bodies: dict, ik: str) -> tuple[dict[str, float], float]:
@@ -172,29 +261,47 @@ def crossview(stage: KinematicsStage, bodies: dict, ik: str) -> tuple[dict[str, 
 
 def kinematics_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, float]:
     print("kinematics: the four views through keypoints and body ...", flush=True)
-    bodies, body = real_views(clips, model_dir)
+    every, body = real_views(clips, model_dir)
+    bodies = {cam: every[cam] for cam in VIEWS}
     stage = KinematicsStage(model_dir, body.layer, body.bundle, body.backend)
     names = [stage.model.coordinate_names[i] for i in compared(stage)]
     print("kinematics: NeurIK vs OpenSim IK, held-out synthetic set ...", flush=True)
-    synth = synthetic(stage)
+    synth, synth_fit = synthetic(stage)
     print("kinematics: NeurIK vs OpenSim IK, real views ...", flush=True)
-    real, steady, nk_fps, ik_fps = neurik_vs_opensim(stage, bodies)
+    real = neurik_vs_opensim(stage, bodies)
     legs = [i for i, n in enumerate(names) if not n.startswith(("arm_", "elbow_", "pro_sup"))]
+    lower = [i for i, n in enumerate(names) if n.removesuffix("_r").removesuffix("_l") in LOWER_LIMB]
+
+    def r2(x: float) -> float:
+        return round(float(x), 2)
+
     out: dict[str, float] = {
-        "neurik_rmse_deg_mean_synth": round(float(synth.mean()), 2),
-        "neurik_rmse_deg_mean_real": round(float(real.mean()), 2),
-        "neurik_rmse_deg_max_lower_limb": round(float(max(
-            v for n, a, b in zip(names, synth, real, strict=True) if n.removesuffix("_r").removesuffix("_l")
-            in LOWER_LIMB for v in (a, b))), 2),
-        "neurik_rmse_deg_mean_real_no_arms": round(float(real[legs].mean()), 2),
-        "neurik_rmse_deg_mean_real_no_ik_flips": round(float(steady.mean()), 2),
-        "neurik_speedup_vs_opensim": round(nk_fps / ik_fps, 1),
-        "neurik_fps": round(nk_fps, 1), "opensim_ik_fps": round(ik_fps, 1),
+        "neurik_rmse_deg_mean_synth": r2(synth.mean()),
+        "neurik_rmse_deg_mean_real": r2(real["network"].mean()),
+        "neurik_rmse_deg_max_lower_limb": r2(max(synth[lower].max(), real["network"][lower].max())),
+        "neurik_rmse_deg_mean_real_no_arms": r2(real["network"][legs].mean()),
+        "neurik_rmse_deg_mean_real_no_ik_flips": r2(real["steady"].mean()),
+        "neurik_speedup_vs_opensim": round(real["fps_network"] / real["fps_ik"], 1),
+        "neurik_fps": round(real["fps_network"], 1), "opensim_ik_fps": round(real["fps_ik"], 1),
+        "neurik_fit_rmse_deg_mean_synth": r2(synth_fit.mean()),
+        "neurik_fit_rmse_deg_mean_real": r2(real["fit"].mean()),
+        "neurik_fit_rmse_deg_max_lower_limb": r2(max(synth_fit[lower].max(), real["fit"][lower].max())),
+        "neurik_fit_rmse_deg_mean_real_no_arms": r2(real["fit"][legs].mean()),
+        **{f"neurik_{k}_rmse_deg_mean_real": r2(v.mean()) for k, v in real.items() if k.startswith("fit") and k != "fit"},
+        "neurik_fit_marker_rms_vs_opensim": round(real["rms_ratio"], 3),
+        "neurik_fit_sequential_rmse_deg_mean_real": r2(real["fit_sequential"].mean()),
+        "neurik_fit_from_ik_rmse_deg_mean_real": r2(real["fit_from_ik"].mean()),
+        **{f"neurik_fit_rmse_deg_mean_{cam}": r2(v) for cam, v in other_views(
+            stage, {cam: every[cam] for cam in OTHER_VIEWS}).items()},
+        "neurik_fit_fps": round(real["fps_fit"], 1),
+        "neurik_fit_speedup_vs_opensim": round(real["fps_fit"] / real["fps_ik"], 1),
     }
-    for n, a, b, c in zip(names, synth, real, steady, strict=True):
-        print(f"  {n:22s} synth {a:5.2f}  real {b:5.2f}  real without IK flips {c:5.2f}")
-    per_coordinate = {n: {"synth": round(float(a), 2), "real": round(float(b), 2), "real_no_ik_flips": round(float(c), 2)}
-                      for n, a, b, c in zip(names, synth, real, steady, strict=True)}
+    print(f"  {'':22s} {'synth':>6s} {'real':>6s} {'steady':>6s} | fitted: {'synth':>6s} {'real':>6s}")
+    for k, n in enumerate(names):
+        print(f"  {n:22s} {synth[k]:6.2f} {real['network'][k]:6.2f} {real['steady'][k]:6.2f} | "
+              f"        {synth_fit[k]:6.2f} {real['fit'][k]:6.2f}")
+    per_coordinate = {n: {"synth": r2(synth[k]), "real": r2(real["network"][k]), "real_no_ik_flips": r2(real["steady"][k]),
+                          "fit_synth": r2(synth_fit[k]), "fit_real": r2(real["fit"][k])} for k, n in enumerate(names)}
     print("kinematics: cross-view disagreement ...", flush=True)
     for ik, suffix in (("neurik", ""), ("opensim", "_opensim")):
         per, ms = crossview(stage, bodies, ik)

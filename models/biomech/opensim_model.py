@@ -39,6 +39,7 @@ class Coordinate:
     range_min: float  # SI
     range_max: float  # SI
     default: float  # SI, the model's default value
+    clamped: bool = False  # whether the model holds the coordinate inside its range (IK treats it as a bound)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class OsimModel:
         self._coords = [cs.get(i) for i in range(cs.getSize())]
         self.coordinates = [
             Coordinate(c.getName(), c.getMotionType() == _ROTATIONAL, c.getRangeMin(), c.getRangeMax(),
-                       c.getDefaultValue()) for c in self._coords
+                       c.getDefaultValue(), bool(c.getDefaultClamped())) for c in self._coords
         ]
         ms = self._model.getMarkerSet()
         self._markers = [ms.get(i) for i in range(ms.getSize())]

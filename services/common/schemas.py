@@ -301,7 +301,11 @@ class BodyModelInfo(_Doc):
 class KinematicsModelInfo(_Doc):
     model: str = Field(..., description="The OpenSim model and marker set, with source and licence.")
     method: str = Field(..., description="How coordinates were computed: `neurik` (BioPose's learned IK "
-                        "on the virtual markers) or `opensim_ik` (OpenSim's InverseKinematicsTool on them).")
+                        "on the virtual markers, then `fit_iterations` steps of a least-squares marker fit from "
+                        "its output) or `opensim_ik` (OpenSim's InverseKinematicsTool on them).")
+    fit_iterations: int = Field(0, ge=0, description="Levenberg-Marquardt steps of the marker fit after NeurIK "
+                                "(OpenSim IK's objective and bounds); 0 = the network's output as it is, and for "
+                                "`opensim_ik`.")
     coordinate_names: list[str] = Field(..., description="Order of KinematicsFrame.coordinates (OpenSim names).")
     coordinate_units: list[str] = Field(..., description="`deg` or `m` for each coordinate.")
     model_ranges: list[CoordinateRange] = Field(..., description="Each coordinate's range in the model.")

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     bundle: str = Field("default", description="Model bundle served, a folder name under model_dir/bundle "
                         "or a path to a bundle folder.")
     refine_steps: int = Field(20, ge=0, le=200, description="2D-informed refinement steps per track (0 = off).")
+    neurik_fit_iterations: int = Field(10, ge=0, le=100, description="Least-squares marker-fit steps after "
+                                       "NeurIK (the kinematics stage's default ik=neurik); 0 = the network's output.")
     inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
     decode_rate_hz: float = Field(15.0, ge=0, description="With refinement on, pose tokens are decoded for "
                                   "keyframes at about this rate and refinement fits every frame; 0 = every frame.")

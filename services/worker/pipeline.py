@@ -69,7 +69,8 @@ class Pipeline:
     def kinematics_stage(self) -> KinematicsStage:
         if self._kinematics is None:
             body = self.body_stage()
-            self._kinematics = KinematicsStage(self.settings.model_dir, body.layer, body.bundle, body.backend)
+            self._kinematics = KinematicsStage(self.settings.model_dir, body.layer, body.bundle, body.backend,
+                                               fit_iterations=self.settings.neurik_fit_iterations)
         return self._kinematics
 
     @staticmethod

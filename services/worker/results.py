@@ -190,7 +190,8 @@ def kinematics_model_info(kin: KinematicsResult) -> KinematicsModelInfo:
         coordinate_units=["deg" if r else "m" for r in kin.rotational],
         model_ranges=[CoordinateRange(name=n, min=round(float(lo), 3), max=round(float(hi), 3))
                       for n, (lo, hi) in zip(kin.coordinate_names, ranges, strict=True)],
-        marker_names=kin.marker_names, fixed_coordinates=kin.fixed, convention=CONVENTION, zero_pose=ZERO_POSE, filter=kin.filter,
+        marker_names=kin.marker_names, fixed_coordinates=kin.fixed, fit_iterations=kin.fit_iterations,
+        convention=CONVENTION, zero_pose=ZERO_POSE, filter=kin.filter,
         frame="pelvis translations in the camera's frame turned to OpenSim's axes: x towards the camera, "
               "y the camera's up, z the image's left")
 

@@ -145,6 +145,7 @@ def test_job_returns_kinematics_and_opensim_files(acme: Client, finished_job: di
     names = model["coordinate_names"]
     assert {"pelvis_tilt", "hip_flexion_r", "knee_angle_r", "ankle_angle_r", "arm_flex_r", "elbow_flex_r"} <= set(names)
     assert model["method"] == "neurik" and "6 Hz" in model["filter"] and "BSD-3" in model["model"]
+    assert model["fit_iterations"] == 10  # the default marker fit after the network (KINEMESH_NEURIK_FIT_ITERATIONS)
     assert set(model["fixed_coordinates"]) == {"neck_flexion", "neck_bending", "neck_rotation", "mtp_angle_r",
                                                "mtp_angle_l", "wrist_flex_r", "wrist_dev_r", "wrist_flex_l",
                                                "wrist_dev_l"}

@@ -3,10 +3,14 @@ person -> joint coordinates -> filtered, range-checked coordinates, gait events,
 clinicians open (.mot, .trc, the scaled .osim, an angle CSV and a plot).
 
 Coordinates come from NeurIK (`ik="neurik"`, the default: BioPose's learned IK, the bundle's
-`neurik` graph run through the worker's inference backend, every window of a track in one call)
-or from OpenSim's own InverseKinematicsTool (`ik="opensim"`: the reference NeurIK is trained
-against, ~100x slower). Coordinates no virtual marker moves (toes, neck, wrists) stay at the
-model's default either way.
+`neurik` graph run through the worker's inference backend, every window of a track in one call,
+then `fit_iterations` Levenberg-Marquardt steps of the markers' least-squares fit from its output,
+every frame at once, on the scaled model's forward kinematics in PyTorch: `fit_markers`) or from
+OpenSim's own InverseKinematicsTool (`ik="opensim"`: the reference NeurIK is trained against,
+solved frame after frame, ~100x slower than the network). The fit minimises what OpenSim IK
+minimises, within the same bounds (the model's clamped coordinates), so it lands where IK does
+wherever the markers pin the pose; the network alone is 2-3 degrees off IK on real clips' legs.
+Coordinates no virtual marker moves (toes, neck, wrists) stay at the model's default either way.
 
 Frames: markers go to OpenSim in the camera's frame turned to OpenSim's axes (`to_opensim_frame`:
 x towards the camera, y the camera's up, z the image's left), so the pelvis translations are in the
@@ -30,6 +34,7 @@ from kinemesh.models.backends.base import InferenceBackend
 from kinemesh.models.biomech.gait import GaitResult, gait_events
 from kinemesh.models.biomech.neurik import PELVIS_COORDINATES, PELVIS_MARKERS, UNOBSERVED, WindowFn, solve
 from kinemesh.models.biomech.opensim_model import OsimModel, degrees, write_mot, write_trc
+from kinemesh.models.biomech.osim_torch import TorchKinematics, fit_markers, ik_bounds, marker_rms
 from kinemesh.models.biomech.scaling import ScaleResult, scale_model
 from kinemesh.models.biomech.signal import LowPass, limit_violations
 from kinemesh.models.biomech.virtual_markers import (
@@ -54,6 +59,7 @@ CONVENTION = ("OpenSim's: angles in degrees, translations in metres; flexion, ad
 ZERO_POSE = "upright standing, arms at the sides, feet forward (the model's default pose)"
 METHODS = {"neurik": "neurik", "opensim": "opensim_ik"}  # job option -> the result's method name
 NEURIK_GRAPH = "neurik"
+FIT_ITERATIONS = 10  # marker-fit steps after the network (bench/RESULTS.md: agreement with IK against steps)
 
 
 @dataclass
@@ -80,6 +86,7 @@ class KinematicsResult:
     artifacts: dict[str, bytes]
     method: str  # "neurik" or "opensim_ik"
     fixed: list[str]  # coordinates held at the model's default (no marker moves them)
+    fit_iterations: int = 0  # marker-fit steps after NeurIK (0 for OpenSim IK)
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ class KinematicsStage:
     name = STAGE
 
     def __init__(self, model_dir: Path | str, layer: BodyLayer, bundle: Bundle | None = None,
-                 backend: InferenceBackend | None = None, lowpass: LowPass | None = None, min_frames: int = 2) -> None:
+                 backend: InferenceBackend | None = None, lowpass: LowPass | None = None, min_frames: int = 2,
+                 fit_iterations: int = FIT_ITERATIONS) -> None:
         folder = Path(model_dir) / "opensim"
         model_file, markers_file = folder / MODEL_FILE, folder / MARKERS_FILE
         if not (model_file.is_file() and markers_file.is_file()):
@@ -108,6 +116,7 @@ class KinematicsStage:
         self.layer = layer
         self.lowpass = lowpass or LowPass()
         self.min_frames = min_frames
+        self.fit_iterations = fit_iterations
         self._rest = torch.eye(3).expand(1, layer.config.num_joints, 3, 3)  # (1, J, 3, 3)
         with torch.no_grad():
             rest = layer(self._rest, torch.zeros(1, layer.config.num_shape), torch.zeros(1, 3))
@@ -156,11 +165,17 @@ class KinematicsStage:
         values[:, nk.coordinates] = joints
         return values
 
-    def marker_error(self, subject: OsimModel, values: np.ndarray, names: list[str], markers: np.ndarray) -> np.ndarray:
-        """(T,) RMS distance between the markers and the subject model's markers at `values`, metres."""
-        order = [subject.marker_names.index(n) for n in names]
-        fitted = subject.marker_positions(values)[:, order]
-        return np.sqrt(np.mean(np.sum((fitted - markers) ** 2, -1), -1))
+    def fit(self, subject: OsimModel, markers: np.ndarray, start: np.ndarray, iterations: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """`iterations` (default: the stage's `fit_iterations`) steps of the least-squares marker fit
+        on the subject's model from `start` (T, C), every frame at once, within the model's clamped
+        ranges (as OpenSim IK), the fixed coordinates held: the coordinates (T, C) and each frame's
+        RMS marker error (T,), metres (`start` itself and its error for 0 steps)."""
+        steps = self.fit_iterations if iterations is None else iterations
+        fk = TorchKinematics(subject, self.marker_names)
+        if steps <= 0:
+            return start, marker_rms(fk, start, markers)
+        return fit_markers(fk, markers, start, *ik_bounds(subject), steps)
 
     def _track_markers(self, tb: TrackBodies) -> tuple[list[str], np.ndarray]:
         """(names, (T, M, 3) OpenSim-frame marker positions) of one track: each marker carried by its
@@ -202,8 +217,7 @@ class KinematicsStage:
                     solved = scaled.model.inverse_kinematics(markers, names, fps, work_dir=folder)
                     raw, error = solved.values, solved.marker_rms_m
                 else:
-                    raw = self.solve_neurik(scaled.model, markers)
-                    error = self.marker_error(scaled.model, raw, names, markers)
+                    raw, error = self.fit(scaled.model, markers, self.solve_neurik(scaled.model, markers))
                     write_trc(folder / "markers.trc", markers, names, fps)
                 values = self.lowpass(raw, fps)
                 time_s = tb.timestamps_s - tb.timestamps_s[0]
@@ -225,7 +239,8 @@ class KinematicsStage:
                 out.append(track)
                 ctx.progress(STAGE, (k + 1) / len(body.tracks))
         return KinematicsResult(out, m.coordinate_names, m.rotational, m.ranges, self.marker_names,
-                                self.lowpass.describe(fps), artifacts, METHODS[ik], self.fixed)
+                                self.lowpass.describe(fps), artifacts, METHODS[ik], self.fixed,
+                                self.fit_iterations if ik == "neurik" else 0)
 
     @staticmethod
     def _gait(names: list[str], markers: np.ndarray, fps: float) -> GaitResult | None:
