@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                               for n in ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l"))
             mot = stack.root / tk["mot_artifact"]
             mot.write_bytes(client.artifact(job["id"], tk["mot_artifact"]))
-            console.print(f"kinematics ({result['kinematics_model']['method']}, {kin['frames']} frames, marker "
+            model = result["kinematics_model"]
+            method = model["method"] + (f" + {model['fit_iterations']}-step marker fit" if model["fit_iterations"] else "")
+            console.print(f"kinematics ({method}, {kin['frames']} frames, marker "
                           f"error {1000 * kin['marker_error_rms_m']:.0f} mm RMS): {shown}")
             console.print(f"OpenSim motion file: {mot}")
         return 0

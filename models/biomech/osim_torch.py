@@ -11,6 +11,12 @@ axis's value is a function of its coordinates: linear and constant functions are
 other function of one coordinate (the knee's splines, scaled by a multiplier after scaling) is
 sampled from OpenSim over the coordinate's range and interpolated linearly (`SAMPLES` points:
 <1e-6 m against OpenSim's own positions; checked in tests/integration/test_osim_torch.py).
+The markers' Jacobian is analytic: a turning axis moves what it carries by axis x lever, a sliding
+one by the axis, times the axis function's slope.
+
+`fit_markers` uses both for OpenSim IK's problem (the least-squares fit of the model's markers to
+measured ones) on every frame at once: Levenberg-Marquardt from a starting pose (NeurIK's), within
+the bounds IK keeps (`ik_bounds`: the model's clamped coordinates).
 
 Shape legend: T frames, C coordinates (the model's order), M markers.
 """
@@ -28,7 +34,7 @@ from kinemesh.models.biomech.opensim_model import OsimModel, _opensim
 SAMPLES = 513  # points a tabulated transform-axis function is sampled at (linear between them)
 _PAD = 0.2  # the sampled interval reaches this far beyond the coordinate's range (radians or metres)
 _F64 = torch.float64
-FIT_CHUNK = 256  # frames fitted at once (bounds the Jacobian's memory: ~40 MB a chunk)
+FIT_CHUNK = 256  # frames fitted at once (bounds the Jacobian's memory: ~20 MB a chunk)
 
 
 def _transform(x) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +179,7 @@ class TorchKinematics:
         if len(names) > 1:
             raise ValueError(f"joint {joint}: a transform axis of {len(names)} coordinates is not supported")
         if not names or kind == "Constant":
-            return _Axis(axis, -1, "constant", b=float(fn.calcValue(osim.Vector(1, 0.0))) if names or kind == "Constant" else 0.0)
+            return _Axis(axis, -1, "constant", b=float(fn.calcValue(osim.Vector(1, 0.0))))
         c = coords.index(names[0])
         if kind == "LinearFunction":
             lf = osim.LinearFunction.safeDownCast(fn)
