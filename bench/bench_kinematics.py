@@ -13,8 +13,9 @@ every window of a track in one call) against OpenSim's InverseKinematicsTool on 
 Each figure is given for the network alone (the `neurik_*` keys, as the issue defines them) and for
 what the worker serves by default, the network followed by the least-squares marker fit
 (`neurik_fit_*`, FIT_ITERATIONS steps; the real set also with other step counts). Diagnostics of
-what is left: the fit from OpenSim IK's own answers, the fit run frame by frame as IK tracks, and
-NeurIK + fit on each of Demo_MultiPerson's four views (never used to choose anything).
+what is left: OpenSim IK run backwards in time against itself, the fit from OpenSim IK's own
+answers, the fit run frame by frame as IK tracks, and NeurIK + fit on each of Demo_MultiPerson's
+four views (never used to choose anything).
 Cross-view: the views' disagreement on the lower-limb sagittal angles, frames matched by the trial's
 calibrated lags, for both methods.
 """
@@ -79,6 +80,10 @@ DESCRIPTIONS = {
     "neurik_fit_sequential_rmse_deg_mean_real": "diagnostic: the marker fit run as OpenSim IK tracks (each frame "
                                                 "from the previous frame's answer, one frame at a time) vs OpenSim "
                                                 "IK, real views",
+    "opensim_ik_backwards_rmse_deg_mean_real": "diagnostic: OpenSim IK on the same markers run backwards in time "
+                                               "vs forwards (the reference against itself: its answer depends on the "
+                                               "frame it starts from), real views",
+    "opensim_ik_backwards_rmse_deg_mean_real_no_arms": "the same without the 10 arm coordinates",
     "neurik_fit_from_ik_rmse_deg_mean_real": "diagnostic: the marker fit started from OpenSim IK's own answers vs "
                                              "those answers, real views (how far IK stops from the minimum)",
     **{f"neurik_fit_rmse_deg_mean_{cam}": f"NeurIK + fit vs OpenSim IK on Demo_MultiPerson's {cam[-5:]} alone "
@@ -172,7 +177,7 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
     idx = compared(stage)
     steps = sorted({0, *FIT_SWEEP})
     pred: dict[int, list] = {n: [] for n in steps}
-    truth, flips, rms_fit, rms_ik, sequential, from_ik = [], [], [], [], [], []
+    truth, flips, rms_fit, rms_ik, sequential, from_ik, backwards = [], [], [], [], [], [], []
     frames, t_ik, t_nk, t_fit = 0, 0.0, 0.0, 0.0
     with tempfile.TemporaryDirectory(prefix="kinemesh-bench-ik-") as tmp:
         for cam, res in bodies.items():
@@ -192,6 +197,7 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
                         rms_fit.append(rms)
                         sequential.append(fit_frame_by_frame(stage, scaled.model, markers, values[0])[:, idx])
                 from_ik.append(stage.fit(scaled.model, markers, ik.values)[0][:, idx])
+                backwards.append(scaled.model.inverse_kinematics(markers[::-1].copy(), names, 30.0).values[::-1, idx])
                 truth.append(ik.values[:, idx])
                 rms_ik.append(ik.marker_rms_m)
                 flips.append(flip_frames(ik.values, stage, 30.0))
@@ -207,6 +213,7 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
     out.update({f"fit{n}": rmse[n] for n in FIT_SWEEP if n != FIT_ITERATIONS})
     out["fit_sequential"] = angle_rmse_deg(np.concatenate(sequential), want, wrap=True)
     out["fit_from_ik"] = angle_rmse_deg(np.concatenate(from_ik), want, wrap=True)
+    out["ik_backwards"] = angle_rmse_deg(np.concatenate(backwards), want, wrap=True)
     return out
 
 
@@ -291,17 +298,20 @@ def kinematics_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, flo
         "neurik_fit_marker_rms_vs_opensim": round(real["rms_ratio"], 3),
         "neurik_fit_sequential_rmse_deg_mean_real": r2(real["fit_sequential"].mean()),
         "neurik_fit_from_ik_rmse_deg_mean_real": r2(real["fit_from_ik"].mean()),
+        "opensim_ik_backwards_rmse_deg_mean_real": r2(real["ik_backwards"].mean()),
+        "opensim_ik_backwards_rmse_deg_mean_real_no_arms": r2(real["ik_backwards"][legs].mean()),
         **{f"neurik_fit_rmse_deg_mean_{cam}": r2(v) for cam, v in other_views(
             stage, {cam: every[cam] for cam in OTHER_VIEWS}).items()},
         "neurik_fit_fps": round(real["fps_fit"], 1),
         "neurik_fit_speedup_vs_opensim": round(real["fps_fit"] / real["fps_ik"], 1),
     }
-    print(f"  {'':22s} {'synth':>6s} {'real':>6s} {'steady':>6s} | fitted: {'synth':>6s} {'real':>6s}")
+    print(f"  {'':22s} {'synth':>6s} {'real':>6s} {'steady':>6s} | fitted: {'synth':>6s} {'real':>6s} | IK backwards")
     for k, n in enumerate(names):
         print(f"  {n:22s} {synth[k]:6.2f} {real['network'][k]:6.2f} {real['steady'][k]:6.2f} | "
-              f"        {synth_fit[k]:6.2f} {real['fit'][k]:6.2f}")
+              f"        {synth_fit[k]:6.2f} {real['fit'][k]:6.2f} | {real['ik_backwards'][k]:6.2f}")
     per_coordinate = {n: {"synth": r2(synth[k]), "real": r2(real["network"][k]), "real_no_ik_flips": r2(real["steady"][k]),
-                          "fit_synth": r2(synth_fit[k]), "fit_real": r2(real["fit"][k])} for k, n in enumerate(names)}
+                          "fit_synth": r2(synth_fit[k]), "fit_real": r2(real["fit"][k]),
+                          "opensim_ik_backwards_real": r2(real["ik_backwards"][k])} for k, n in enumerate(names)}
     print("kinematics: cross-view disagreement ...", flush=True)
     for ik, suffix in (("neurik", ""), ("opensim", "_opensim")):
         per, ms = crossview(stage, bodies, ik)
