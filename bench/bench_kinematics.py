@@ -48,7 +48,8 @@ LAGS_30FPS = {cam: lag // 2 for cam, lag in SINGLE_PERSON_LAGS_60FPS.items()}
 HELD_OUT_SEED = 2024  # NeurIK's training used data seeds 0 (train) and 1000 (validation)
 VIEWS = ("single_cam01", "single_cam02", "single_cam03", "single_cam04")
 OTHER_VIEWS = ("multi_cam01", "multi_cam02", "multi_cam03", "multi_cam04")  # Demo_MultiPerson, one person each
-FIT_SWEEP = (3, 5, FIT_ITERATIONS, 20)  # marker-fit steps tried on the real set
+FIT_SWEEP = (3, 5, FIT_ITERATIONS, 20)
+LONG_TRACK = 900  # frames of the long-track speed figure  # marker-fit steps tried on the real set
 LOWER_LIMB = ("hip_flexion", "hip_adduction", "hip_rotation", "knee_angle", "ankle_angle", "subtalar_angle")
 
 DESCRIPTIONS = {
@@ -89,7 +90,12 @@ DESCRIPTIONS = {
     **{f"neurik_fit_rmse_deg_mean_{cam}": f"NeurIK + fit vs OpenSim IK on Demo_MultiPerson's {cam[-5:]} alone "
        "(one person; not used for any choice)" for cam in OTHER_VIEWS},
     "neurik_fit_fps": "NeurIK + fit frames/s on the real tracks (median of 7 repeats per track)",
-    "neurik_fit_speedup_vs_opensim": "NeurIK + fit frames/s over OpenSim IK's, same run",
+    "neurik_fit_speedup_vs_opensim": "NeurIK + fit frames/s over OpenSim IK's on the real tracks (50 frames "
+                                     "each: fixed costs weigh), same run",
+    "neurik_fit_fps_long_track": "NeurIK + fit frames/s on one 900-frame track (a real view's markers played "
+                                 "forwards and backwards; median of 3)",
+    "opensim_ik_fps_long_track": "OpenSim IK frames/s on that track",
+    "neurik_fit_speedup_vs_opensim_long_track": "the ratio of the two, same run",
     "opensim_ik_fps": "OpenSim IK frames/s in that comparison",
     "crossview_joint_angle_deg": "Demo_SinglePerson, 4 views each processed alone, kinematics stage as the worker "
                                  "runs it (NeurIK + marker fit, 6 Hz low-pass): mean absolute disagreement between views of hip, "
@@ -228,6 +234,21 @@ def fit_frame_by_frame(stage: KinematicsStage, subject: OsimModel, markers: np.n
     return np.stack(out)
 
 
+def long_track_speed(stage: KinematicsStage, bodies: dict, frames: int = LONG_TRACK) -> tuple[float, float]:
+    """Frames per second of NeurIK + fit and of OpenSim IK on one long track: the first view's
+    markers played forwards and backwards until `frames` frames (a 30 s clip at 30 fps)."""
+    tb = next(iter(bodies.values())).tracks[0]
+    with tempfile.TemporaryDirectory(prefix="kinemesh-bench-long-") as tmp:
+        names, markers, scaled = stage.subject(tb, Path(tmp))
+        loop = np.concatenate([markers, markers[::-1]])
+        long = np.concatenate([loop] * (frames // len(loop) + 1))[:frames]
+        t_fit = _median_time(_served, stage, scaled.model, long, repeats=3)
+        t0 = time.perf_counter()
+        scaled.model.inverse_kinematics(long, names, 30.0)
+        t_ik = time.perf_counter() - t0
+    return frames / t_fit, frames / t_ik
+
+
 def other_views(stage: KinematicsStage, bodies: dict) -> dict[str, float]:
     """Mean RMSE of NeurIK + fit against OpenSim IK on each of `bodies`' views (every track)."""
     idx = compared(stage)
@@ -305,6 +326,9 @@ def kinematics_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, flo
         "neurik_fit_fps": round(real["fps_fit"], 1),
         "neurik_fit_speedup_vs_opensim": round(real["fps_fit"] / real["fps_ik"], 1),
     }
+    fit_fps, ik_fps = long_track_speed(stage, bodies)
+    out.update({"neurik_fit_fps_long_track": round(fit_fps, 1), "opensim_ik_fps_long_track": round(ik_fps, 1),
+                "neurik_fit_speedup_vs_opensim_long_track": round(fit_fps / ik_fps, 1)})
     print(f"  {'':22s} {'synth':>6s} {'real':>6s} {'steady':>6s} | fitted: {'synth':>6s} {'real':>6s} | IK backwards")
     for k, n in enumerate(names):
         print(f"  {n:22s} {synth[k]:6.2f} {real['network'][k]:6.2f} {real['steady'][k]:6.2f} | "
