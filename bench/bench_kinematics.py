@@ -49,7 +49,8 @@ HELD_OUT_SEED = 2024  # NeurIK's training used data seeds 0 (train) and 1000 (va
 VIEWS = ("single_cam01", "single_cam02", "single_cam03", "single_cam04")
 OTHER_VIEWS = ("multi_cam01", "multi_cam02", "multi_cam03", "multi_cam04")  # Demo_MultiPerson, one person each
 FIT_SWEEP = (3, 5, FIT_ITERATIONS, 20)
-LONG_TRACK = 900  # frames of the long-track speed figure  # marker-fit steps tried on the real set
+LONG_TRACK = 900  # frames of the long-track speed figure
+ARM_SEGMENTS = ("humerus_r", "ulna_r", "radius_r", "humerus_l", "ulna_l", "radius_l")  # judged by orientation  # marker-fit steps tried on the real set
 LOWER_LIMB = ("hip_flexion", "hip_adduction", "hip_rotation", "knee_angle", "ankle_angle", "subtalar_angle")
 
 DESCRIPTIONS = {
@@ -85,6 +86,11 @@ DESCRIPTIONS = {
                                                "vs forwards (the reference against itself: its answer depends on the "
                                                "frame it starts from), real views",
     "opensim_ik_backwards_rmse_deg_mean_real_no_arms": "the same without the 10 arm coordinates",
+    "neurik_fit_arm_segment_deg_real": "diagnostic: the arms judged by segment orientation instead of Euler angles: "
+                                       "the rotation between NeurIK + fit's and OpenSim IK's orientation of each "
+                                       "humerus, ulna and radius relative to its parent body, RMS over the real "
+                                       "frames in degrees, mean of the 6 segments",
+    "opensim_ik_backwards_arm_segment_deg_real": "the same for OpenSim IK run backwards in time",
     "neurik_fit_from_ik_rmse_deg_mean_real": "diagnostic: the marker fit started from OpenSim IK's own answers vs "
                                              "those answers, real views (how far IK stops from the minimum)",
     **{f"neurik_fit_rmse_deg_mean_{cam}": f"NeurIK + fit vs OpenSim IK on Demo_MultiPerson's {cam[-5:]} alone "
@@ -184,6 +190,7 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
     steps = sorted({0, *FIT_SWEEP})
     pred: dict[int, list] = {n: [] for n in steps}
     truth, flips, rms_fit, rms_ik, sequential, from_ik, backwards = [], [], [], [], [], [], []
+    segments: dict[str, list] = {"fit": [], "backwards": []}
     frames, t_ik, t_nk, t_fit = 0, 0.0, 0.0, 0.0
     with tempfile.TemporaryDirectory(prefix="kinemesh-bench-ik-") as tmp:
         for cam, res in bodies.items():
@@ -203,7 +210,11 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
                         rms_fit.append(rms)
                         sequential.append(fit_frame_by_frame(stage, scaled.model, markers, values[0])[:, idx])
                 from_ik.append(stage.fit(scaled.model, markers, ik.values)[0][:, idx])
-                backwards.append(scaled.model.inverse_kinematics(markers[::-1].copy(), names, 30.0).values[::-1, idx])
+                back = scaled.model.inverse_kinematics(markers[::-1].copy(), names, 30.0).values[::-1].copy()
+                backwards.append(back[:, idx])
+                fitted = stage.fit(scaled.model, markers, net)[0]
+                segments["fit"].append(segment_angles(stage, scaled.model, fitted, ik.values))
+                segments["backwards"].append(segment_angles(stage, scaled.model, back, ik.values))
                 truth.append(ik.values[:, idx])
                 rms_ik.append(ik.marker_rms_m)
                 flips.append(flip_frames(ik.values, stage, 30.0))
@@ -220,6 +231,8 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
     out["fit_sequential"] = angle_rmse_deg(np.concatenate(sequential), want, wrap=True)
     out["fit_from_ik"] = angle_rmse_deg(np.concatenate(from_ik), want, wrap=True)
     out["ik_backwards"] = angle_rmse_deg(np.concatenate(backwards), want, wrap=True)
+    for k, v in segments.items():  # RMS over the frames, per segment
+        out[f"segments_{k}"] = np.sqrt(np.mean(np.concatenate(v) ** 2, 0))
     return out
 
 
@@ -232,6 +245,22 @@ def fit_frame_by_frame(stage: KinematicsStage, subject: OsimModel, markers: np.n
     for t in range(1, len(markers)):
         out.append(fit_markers(fk, markers[t:t + 1], out[-1][None], lower, upper, free, FIT_ITERATIONS)[0][0])
     return np.stack(out)
+
+
+def segment_angles(stage: KinematicsStage, subject: OsimModel, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(T, len(ARM_SEGMENTS)) degrees: the rotation between each arm segment's orientation relative to
+    its parent body under coordinates `a` and under `b` (T, C): the same for equivalent Euler angles."""
+    import torch
+
+    fk = TorchKinematics(subject, stage.marker_names)
+    parents = {fk.bodies[j.child]: j.parent for j in fk.joints}
+    out = []
+    for q in (a, b):
+        r, _ = fk.body_transforms(torch.as_tensor(q, dtype=torch.float64))
+        out.append(torch.stack([r[:, parents[s]].transpose(1, 2) @ r[:, fk.bodies.index(s)] for s in ARM_SEGMENTS], 1))
+    rel = out[0].transpose(-1, -2) @ out[1]  # (T, S, 3, 3)
+    cos = ((torch.diagonal(rel, dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return np.degrees(torch.arccos(cos).numpy())
 
 
 def long_track_speed(stage: KinematicsStage, bodies: dict, frames: int = LONG_TRACK) -> tuple[float, float]:
@@ -321,6 +350,8 @@ def kinematics_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, flo
         "neurik_fit_from_ik_rmse_deg_mean_real": r2(real["fit_from_ik"].mean()),
         "opensim_ik_backwards_rmse_deg_mean_real": r2(real["ik_backwards"].mean()),
         "opensim_ik_backwards_rmse_deg_mean_real_no_arms": r2(real["ik_backwards"][legs].mean()),
+        "neurik_fit_arm_segment_deg_real": r2(real["segments_fit"].mean()),
+        "opensim_ik_backwards_arm_segment_deg_real": r2(real["segments_backwards"].mean()),
         **{f"neurik_fit_rmse_deg_mean_{cam}": r2(v) for cam, v in other_views(
             stage, {cam: every[cam] for cam in OTHER_VIEWS}).items()},
         "neurik_fit_fps": round(real["fps_fit"], 1),
@@ -336,6 +367,9 @@ def kinematics_figures(model_dir: Path, clips: dict[str, Path]) -> dict[str, flo
     per_coordinate = {n: {"synth": r2(synth[k]), "real": r2(real["network"][k]), "real_no_ik_flips": r2(real["steady"][k]),
                           "fit_synth": r2(synth_fit[k]), "fit_real": r2(real["fit"][k]),
                           "opensim_ik_backwards_real": r2(real["ik_backwards"][k])} for k, n in enumerate(names)}
+    for k, seg in enumerate(ARM_SEGMENTS):
+        print(f"  {seg:10s} orientation vs IK (RMS deg): NeurIK + fit {real['segments_fit'][k]:6.2f}  "
+              f"IK backwards {real['segments_backwards'][k]:6.2f}")
     print("kinematics: cross-view disagreement ...", flush=True)
     for ik, suffix in (("neurik", ""), ("opensim", "_opensim")):
         per, ms = crossview(stage, bodies, ik)

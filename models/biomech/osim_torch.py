@@ -225,6 +225,12 @@ class TorchKinematics:
             ps.append(p_gb)
         return torch.stack(rs, 1), torch.stack(ps, 1), axes
 
+    def body_transforms(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coordinates (T, C) SI -> each body's pose in ground (order: `bodies`): R (T, B, 3, 3) and
+        p (T, B, 3), float64."""
+        r, p, _ = self._forward(q.to(_F64), want=False)
+        return r, p
+
     def _place(self, r: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         rb, pb = r[:, self.marker_body], p[:, self.marker_body]  # (T, M, 3, 3), (T, M, 3)
         return (rb @ self.marker_local[None, :, :, None])[..., 0] + pb
