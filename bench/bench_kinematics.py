@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,9 +49,9 @@ LAGS_30FPS = {cam: lag // 2 for cam, lag in SINGLE_PERSON_LAGS_60FPS.items()}
 HELD_OUT_SEED = 2024  # NeurIK's training used data seeds 0 (train) and 1000 (validation)
 VIEWS = ("single_cam01", "single_cam02", "single_cam03", "single_cam04")
 OTHER_VIEWS = ("multi_cam01", "multi_cam02", "multi_cam03", "multi_cam04")  # Demo_MultiPerson, one person each
-FIT_SWEEP = (3, 5, FIT_ITERATIONS, 20)
+FIT_SWEEP = (3, 5, FIT_ITERATIONS, 20)  # marker-fit steps tried on the real set
 LONG_TRACK = 900  # frames of the long-track speed figure
-ARM_SEGMENTS = ("humerus_r", "ulna_r", "radius_r", "humerus_l", "ulna_l", "radius_l")  # judged by orientation  # marker-fit steps tried on the real set
+ARM_SEGMENTS = ("humerus_r", "ulna_r", "radius_r", "humerus_l", "ulna_l", "radius_l")  # judged by orientation
 LOWER_LIMB = ("hip_flexion", "hip_adduction", "hip_rotation", "knee_angle", "ankle_angle", "subtalar_angle")
 
 DESCRIPTIONS = {
@@ -79,9 +80,9 @@ DESCRIPTIONS = {
        for n in FIT_SWEEP if n != FIT_ITERATIONS},
     "neurik_fit_marker_rms_vs_opensim": "NeurIK + fit's RMS marker error over OpenSim IK's on the real frames "
                                         "(both minimise it; below 1: the fit explains the markers better)",
-    "neurik_fit_sequential_rmse_deg_mean_real": "diagnostic: the marker fit run as OpenSim IK tracks (each frame "
-                                                "from the previous frame's answer, one frame at a time) vs OpenSim "
-                                                "IK, real views",
+    "neurik_fit_sequential_rmse_deg_mean_real": "diagnostic: the marker fit run as OpenSim IK tracks (frame 0 as "
+                                                "served, then each frame alone from the previous frame's answer) vs "
+                                                "OpenSim IK, real views",
     "opensim_ik_backwards_rmse_deg_mean_real": "diagnostic: OpenSim IK on the same markers run backwards in time "
                                                "vs forwards (the reference against itself: its answer depends on the "
                                                "frame it starts from), real views",
@@ -96,8 +97,8 @@ DESCRIPTIONS = {
     **{f"neurik_fit_rmse_deg_mean_{cam}": f"NeurIK + fit vs OpenSim IK on Demo_MultiPerson's {cam[-5:]} alone "
        "(one person; not used for any choice)" for cam in OTHER_VIEWS},
     "neurik_fit_fps": "NeurIK + fit frames/s on the real tracks (median of 7 repeats per track)",
-    "neurik_fit_speedup_vs_opensim": "NeurIK + fit frames/s over OpenSim IK's on the real tracks (50 frames "
-                                     "each: fixed costs weigh), same run",
+    "neurik_fit_speedup_vs_opensim": "NeurIK + fit frames/s over OpenSim IK's on the real tracks (short "
+                                     "tracks: per-track fixed costs weigh), same run",
     "neurik_fit_fps_long_track": "NeurIK + fit frames/s on one 900-frame track (a real view's markers played "
                                  "forwards and backwards; median of 3)",
     "opensim_ik_fps_long_track": "OpenSim IK frames/s on that track",
@@ -209,11 +210,10 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
                     if n == FIT_ITERATIONS:
                         rms_fit.append(rms)
                         sequential.append(fit_frame_by_frame(stage, scaled.model, markers, values[0])[:, idx])
+                        segments["fit"].append(segment_angles(stage, scaled.model, values, ik.values))
                 from_ik.append(stage.fit(scaled.model, markers, ik.values)[0][:, idx])
                 back = scaled.model.inverse_kinematics(markers[::-1].copy(), names, 30.0).values[::-1].copy()
                 backwards.append(back[:, idx])
-                fitted = stage.fit(scaled.model, markers, net)[0]
-                segments["fit"].append(segment_angles(stage, scaled.model, fitted, ik.values))
                 segments["backwards"].append(segment_angles(stage, scaled.model, back, ik.values))
                 truth.append(ik.values[:, idx])
                 rms_ik.append(ik.marker_rms_m)
@@ -237,8 +237,8 @@ def neurik_vs_opensim(stage: KinematicsStage, bodies: dict) -> dict:
 
 
 def fit_frame_by_frame(stage: KinematicsStage, subject: OsimModel, markers: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """The marker fit as OpenSim IK tracks: each frame from the previous frame's answer (`first`
-    (C,) for frame 0), FIT_ITERATIONS steps each, one frame at a time: coordinates (T, C)."""
+    """The marker fit as OpenSim IK tracks: frame 0 is `first` (C,), then each frame alone from the
+    previous frame's answer, FIT_ITERATIONS steps each: coordinates (T, C)."""
     fk = TorchKinematics(subject, stage.marker_names)
     lower, upper, free = ik_bounds(subject)
     out = [np.asarray(first, dtype=np.float64)]
@@ -250,10 +250,8 @@ def fit_frame_by_frame(stage: KinematicsStage, subject: OsimModel, markers: np.n
 def segment_angles(stage: KinematicsStage, subject: OsimModel, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(T, len(ARM_SEGMENTS)) degrees: the rotation between each arm segment's orientation relative to
     its parent body under coordinates `a` and under `b` (T, C): the same for equivalent Euler angles."""
-    import torch
-
     fk = TorchKinematics(subject, stage.marker_names)
-    parents = {fk.bodies[j.child]: j.parent for j in fk.joints}
+    parents = {fk.bodies[j.child]: j.parent for j in fk.joints if j.parent >= 0}  # the arms hang off the torso
     out = []
     for q in (a, b):
         r, _ = fk.body_transforms(torch.as_tensor(q, dtype=torch.float64))

@@ -75,10 +75,12 @@ class _Axis:
         if self.kind == "linear":
             return self.a * x + self.b, torch.full_like(x, self.a)
         v = self.values
-        u = ((x - self.grid0) / self.step).clamp(0, len(v) - 1 - 1e-6)
+        raw = (x - self.grid0) / self.step
+        u = raw.clamp(0, len(v) - 1 - 1e-6)  # held at the end values beyond the sampled interval
         i = u.floor().long()
         w = u - i
-        return v[i] * (1 - w) + v[i + 1] * w, (v[i + 1] - v[i]) / self.step
+        inside = (raw >= 0) & (raw <= len(v) - 1)
+        return v[i] * (1 - w) + v[i + 1] * w, torch.where(inside, (v[i + 1] - v[i]) / self.step, 0.0)
 
     def rotation(self, value: torch.Tensor) -> torch.Tensor:
         """Angles (T,) about this axis -> (T, 3, 3)."""
@@ -107,7 +109,6 @@ class TorchKinematics:
         osim = _opensim()
         m = model._model
         coords = model.coordinate_names
-        self.coordinate_names = coords
         self.marker_names = list(marker_names)
         js = m.getJointSet()
         pending = [js.get(i) for i in range(js.getSize())]
@@ -219,7 +220,7 @@ class TorchKinematics:
                 if want and ax.coordinate >= 0:
                     axes.append((k, ax.coordinate, r_gm @ ax.axis, p_gm, slope))
                 r_gm = r_gm @ ax.rotation(value)
-            r_gb = (r_gm if jt.rotations else r_gf.expand(T, 3, 3)) @ rm.T  # B = M * X_BM^-1
+            r_gb = r_gm @ rm.T  # the child body: M = B * X_BM, so B = M * X_BM^-1
             p_gb = p_gm - r_gb @ pm
             rs.append(r_gb)
             ps.append(p_gb)
@@ -333,5 +334,5 @@ def fit_markers(fk: TorchKinematics, markers: np.ndarray, start: np.ndarray, low
         j = torch.where(better[:, None, None], j_t, j)
         cost = torch.where(better, cost_t, cost)
         damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-9, 1e9)
-    rms = torch.sqrt(cost / seen.sum(1).clamp(min=1))
+    rms = torch.where(seen.any(1), torch.sqrt(cost / seen.sum(1).clamp(min=1)), torch.nan)  # NaN: nothing seen
     return q.numpy(), rms.numpy()

@@ -19,7 +19,7 @@ from kinemesh.models.training.synth import arm_rest
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyResult, BodyStage, TrackBodies
-from kinemesh.services.worker.stages.kinematics import KinematicsStage
+from kinemesh.services.worker.stages.kinematics import FIT_ITERATIONS, KinematicsStage
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,11 +55,12 @@ def test_neurik_agrees_with_opensim_ik(stage: KinematicsStage, kind: str) -> Non
     nk = stage.run(bodies, 30.0, NullContext(), ik="neurik")
     ik = stage.run(bodies, 30.0, NullContext(), ik="opensim")
     assert (nk.method, ik.method) == ("neurik", "opensim_ik")
+    assert (nk.fit_iterations, ik.fit_iterations) == (FIT_ITERATIONS, 0)
     names = nk.coordinate_names
     judged = [i for i, n in enumerate(names) if nk.rotational[i] and n not in UNOBSERVED]
     rmse = dict(zip([names[i] for i in judged], angle_rmse_deg(nk.tracks[0].values[:, judged],
                                                                ik.tracks[0].values[:, judged], wrap=True), strict=True))
-    assert np.mean(list(rmse.values())) < 1.5, rmse  # the network then the marker fit (the network alone: ~1)
+    assert np.mean(list(rmse.values())) < 1.0, rmse  # the network then the marker fit (the network alone: 0.8-1.2)
     for joint in ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l"):
         assert rmse[joint] < 1.0, (joint, rmse[joint])
     fixed = [names.index(n) for n in nk.fixed]

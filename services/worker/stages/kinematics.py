@@ -47,6 +47,7 @@ from kinemesh.models.biomech.virtual_markers import (
 from kinemesh.models.body.layer import BodyLayer
 from kinemesh.models.export.bundle import Bundle
 from kinemesh.services.common.errors import ModelUnavailable
+from kinemesh.services.common.settings import Settings
 from kinemesh.services.worker.stages.base import StageContext
 from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
 
@@ -59,7 +60,9 @@ CONVENTION = ("OpenSim's: angles in degrees, translations in metres; flexion, ad
 ZERO_POSE = "upright standing, arms at the sides, feet forward (the model's default pose)"
 METHODS = {"neurik": "neurik", "opensim": "opensim_ik"}  # job option -> the result's method name
 NEURIK_GRAPH = "neurik"
-FIT_ITERATIONS = 10  # marker-fit steps after the network (bench/RESULTS.md: agreement with IK against steps)
+# marker-fit steps after the network, KINEMESH_NEURIK_FIT_ITERATIONS's default (bench/RESULTS.md: agreement
+# with IK against the step count)
+FIT_ITERATIONS: int = Settings.model_fields["neurik_fit_iterations"].default
 
 
 @dataclass
@@ -165,14 +168,15 @@ class KinematicsStage:
         values[:, nk.coordinates] = joints
         return values
 
-    def fit(self, subject: OsimModel, markers: np.ndarray, start: np.ndarray, iterations: int | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+    def fit(self, subject: OsimModel, markers: np.ndarray, start: np.ndarray, iterations: int | None = None,
+            names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`iterations` (default: the stage's `fit_iterations`) steps of the least-squares marker fit
         on the subject's model from `start` (T, C), every frame at once, within the model's clamped
-        ranges (as OpenSim IK), the fixed coordinates held: the coordinates (T, C) and each frame's
-        RMS marker error (T,), metres (`start` itself and its error for 0 steps)."""
+        ranges (as OpenSim IK), the fixed coordinates held, for markers (T, M, 3) named `names`
+        (default: the stage's order): the coordinates (T, C) and each frame's RMS marker error (T,),
+        metres (`start` itself and its error for 0 steps)."""
         steps = self.fit_iterations if iterations is None else iterations
-        fk = TorchKinematics(subject, self.marker_names)
+        fk = TorchKinematics(subject, names or self.marker_names)
         if steps <= 0:
             return start, marker_rms(fk, start, markers)
         return fit_markers(fk, markers, start, *ik_bounds(subject), steps)
@@ -217,7 +221,7 @@ class KinematicsStage:
                     solved = scaled.model.inverse_kinematics(markers, names, fps, work_dir=folder)
                     raw, error = solved.values, solved.marker_rms_m
                 else:
-                    raw, error = self.fit(scaled.model, markers, self.solve_neurik(scaled.model, markers))
+                    raw, error = self.fit(scaled.model, markers, self.solve_neurik(scaled.model, markers), names=names)
                     write_trc(folder / "markers.trc", markers, names, fps)
                 values = self.lowpass(raw, fps)
                 time_s = tb.timestamps_s - tb.timestamps_s[0]
