@@ -226,6 +226,28 @@ class TorchKinematics:
             ps.append(p_gb)
         return torch.stack(rs, 1), torch.stack(ps, 1), axes
 
+    def euler_triples(self) -> list[tuple[int, int, int]]:
+        """The joints turned by three coordinates, one angle each about distinct orthogonal axes
+        (shoulders, hips, back, neck, the pelvis's orientation): their coordinate indices, for
+        each of which (a1 + pi, pi - a2, a3 + pi) is the same orientation as (a1, a2, a3) (checked
+        on random angles; see `signal.alternate_euler`)."""
+        out = []
+        rng = np.random.default_rng(0)
+        for jt in self.joints:
+            axes = jt.rotations
+            coords = [ax.coordinate for ax in axes]
+            if (len(axes) != 3 or len(set(coords)) != 3 or min(coords) < 0
+                    or any(ax.kind != "linear" or abs(ax.a) != 1.0 or ax.b != 0.0 for ax in axes)
+                    or any(ax.coordinate in coords for ax in jt.translations)):
+                continue
+            angles = torch.tensor(rng.uniform(-np.pi, np.pi, (4, 3)), dtype=_F64)
+            alternate = torch.stack([angles[:, 0] + np.pi, np.pi - angles[:, 1], angles[:, 2] + np.pi], 1)
+            turn, turn_alt = (axes[0].rotation(a[:, 0]) @ axes[1].rotation(a[:, 1]) @ axes[2].rotation(a[:, 2])
+                              for a in (angles, alternate))
+            if torch.allclose(turn, turn_alt, atol=1e-9):
+                out.append((coords[0], coords[1], coords[2]))
+        return out
+
     def body_transforms(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Coordinates (T, C) SI -> each body's pose in ground (order: `bodies`): R (T, B, 3, 3) and
         p (T, B, 3), float64."""

@@ -63,6 +63,9 @@ def test_neurik_agrees_with_opensim_ik(stage: KinematicsStage, kind: str) -> Non
     assert np.mean(list(rmse.values())) < 1.0, rmse  # the network then the marker fit (the network alone: 0.8-1.2)
     for joint in ("hip_flexion_r", "hip_flexion_l", "knee_angle_r", "knee_angle_l"):
         assert rmse[joint] < 1.0, (joint, rmse[joint])
+    for res in (nk, ik):  # each pose written one way through time: no wrap or Euler-branch jump survives
+        steps = np.abs(np.diff(res.tracks[0].values[:, nk.rotational], axis=0))
+        assert np.degrees(steps).max() < 30.0, res.method
     fixed = [names.index(n) for n in nk.fixed]
     assert set(nk.fixed) == set(UNOBSERVED) and np.abs(nk.tracks[0].values[:, fixed]).max() < 1e-6
     assert np.sqrt(np.mean(nk.tracks[0].marker_error_m ** 2)) < 0.04  # the coordinates explain the markers

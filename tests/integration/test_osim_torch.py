@@ -52,6 +52,25 @@ def test_forward_kinematics_matches_opensim(which: str, request) -> None:
     assert np.abs(got - want).max() < 1e-6  # metres
 
 
+def test_euler_triples_are_the_three_angle_joints_and_their_alternates_change_nothing(scaled: OsimModel) -> None:
+    from kinemesh.models.biomech.signal import alternate_euler
+
+    fk = TorchKinematics(scaled, scaled.marker_names)
+    names = scaled.coordinate_names
+    triples = {tuple(names[i] for i in t) for t in fk.euler_triples()}
+    assert {("arm_flex_r", "arm_add_r", "arm_rot_r"), ("arm_flex_l", "arm_add_l", "arm_rot_l"),
+            ("pelvis_tilt", "pelvis_list", "pelvis_rotation"), ("hip_flexion_l", "hip_adduction_l",
+                                                                 "hip_rotation_l")} <= triples
+    assert not any("knee_angle_r" in t or "elbow_flex_r" in t for t in triples)  # one-coordinate joints
+    q = _poses(scaled, 10, seed=7)
+    for t in fk.euler_triples():
+        other = q.copy()
+        other[:, list(t)] = alternate_euler(q[:, list(t)])
+        assert np.abs(other[:, list(t)] - q[:, list(t)]).max() > 1.0  # really other angles
+        moved = fk.markers(torch.from_numpy(other)) - fk.markers(torch.from_numpy(q))
+        assert moved.abs().max() < 1e-9  # the same pose
+
+
 def test_jacobian_matches_finite_differences(scaled: OsimModel) -> None:
     fk = TorchKinematics(scaled, scaled.marker_names)
     q = torch.from_numpy(_poses(scaled, 6, seed=4))

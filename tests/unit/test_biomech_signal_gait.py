@@ -8,7 +8,7 @@ import pytest
 
 from kinemesh.models.biomech.gait import gait_events
 from kinemesh.models.biomech.opensim_model import Coordinate
-from kinemesh.models.biomech.signal import LowPass, limit_violations
+from kinemesh.models.biomech.signal import LowPass, alternate_euler, continuous_angles, limit_violations
 
 FPS = 30.0
 
@@ -24,6 +24,32 @@ def test_lowpass_keeps_slow_motion_and_removes_fast_noise() -> None:
     assert "6 Hz" in LowPass(6.0).describe(FPS) and LowPass(20.0).describe(FPS) == "none"  # above Nyquist
     short = np.random.default_rng(0).normal(size=(8, 2))
     assert np.array_equal(LowPass(6.0)(short, FPS), short)  # too short to filter: unchanged
+
+
+def _same_angles(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.allclose(np.mod(a - b + np.pi, 2 * np.pi) - np.pi, 0.0, atol=1e-9))
+
+
+def test_continuous_angles_writes_each_pose_one_way_through_time() -> None:
+    """A shoulder-like triple that a solver wrote on the other Euler branch for a stretch and past
+    +-180 degrees elsewhere, a free angle that wraps, a bounded angle: the output runs on smoothly,
+    every frame is the same orientation as its input, and the bounded angle is left alone."""
+    t = np.linspace(0.0, 1.0, 60)
+    truth = np.stack([0.3 + 0.5 * t, -1.2 + 0.2 * t, 0.4 * np.sin(6 * t), 3.0 + 0.5 * t, 0.5 * t], 1)  # (T, 5)
+    given = truth.copy()
+    given[20:35, :3] = alternate_euler(truth[20:35, :3])  # the other branch for 15 frames
+    given[40:, :3] -= 2 * np.pi  # and whole turns later on
+    given[:, 3] = np.mod(given[:, 3] + np.pi, 2 * np.pi) - np.pi  # the free angle wraps at +-180
+    free = np.array([True, True, True, True, False])
+    lower, upper = np.full(5, -2.0), np.full(5, 2.0)
+    out = continuous_angles(given, free, [(0, 1, 2)], lower, upper)
+    assert np.abs(np.diff(out, axis=0)).max() < 0.1  # no jump left
+    assert _same_angles(out[:, :3], truth[:, :3]) and _same_angles(out[:, 3], truth[:, 3])
+    assert np.array_equal(out[:, 4], given[:, 4])
+    # the first frame takes the branch inside the ranges: started on the other one, it comes back
+    flipped = given.copy()
+    flipped[:, :3] = alternate_euler(given[:, :3])
+    assert _same_angles(continuous_angles(flipped, free, [(0, 1, 2)], lower, upper)[:, :3], truth[:, :3])
 
 
 def test_limit_violations_flag_only_values_outside_the_range() -> None:

@@ -11,6 +11,9 @@ solved frame after frame, ~100x slower than the network). The fit minimises what
 minimises, within the same bounds (the model's clamped coordinates), so it lands where IK does
 wherever the markers pin the pose; the network alone is 2-3 degrees off IK on real clips' legs.
 Coordinates no virtual marker moves (toes, neck, wrists) stay at the model's default either way.
+Angles no bound holds (the pelvis's orientation, the shoulders) are then written continuously in
+time (whole turns and each three-angle joint's two equivalent Euler triples chosen frame to frame,
+`continuous_angles`) so that the low-pass filter never averages two ways of writing one pose.
 
 Frames: markers go to OpenSim in the camera's frame turned to OpenSim's axes (`to_opensim_frame`:
 x towards the camera, y the camera's up, z the image's left), so the pelvis translations are in the
@@ -36,7 +39,7 @@ from kinemesh.models.biomech.neurik import PELVIS_COORDINATES, PELVIS_MARKERS, U
 from kinemesh.models.biomech.opensim_model import OsimModel, degrees, write_mot, write_trc
 from kinemesh.models.biomech.osim_torch import TorchKinematics, fit_markers, ik_bounds, marker_rms
 from kinemesh.models.biomech.scaling import ScaleResult, scale_model
-from kinemesh.models.biomech.signal import LowPass, limit_violations
+from kinemesh.models.biomech.signal import LowPass, continuous_angles, limit_violations
 from kinemesh.models.biomech.virtual_markers import (
     JOINT_MARKERS,
     VirtualMarkerSet,
@@ -127,6 +130,9 @@ class KinematicsStage:
                                                        layer.config.joint_names)
         self.marker_names = [*self.markers.names, *JOINT_MARKERS]
         self.fixed = [n for n in self.model.coordinate_names if n in UNOBSERVED]
+        # angles no bound holds (pelvis, shoulders) are written continuously in time before filtering
+        self._triples = TorchKinematics(self.model, self.marker_names).euler_triples()
+        self._free_angles = self.model.rotational & ~np.array([c.clamped for c in self.model.coordinates])
         self.neurik = self._load_neurik(bundle, backend)
         self._lock = threading.Lock()  # OpenSim objects hold one state: one job at a time
 
@@ -223,7 +229,8 @@ class KinematicsStage:
                 else:
                     raw, error = self.fit(scaled.model, markers, self.solve_neurik(scaled.model, markers), names=names)
                     write_trc(folder / "markers.trc", markers, names, fps)
-                values = self.lowpass(raw, fps)
+                lo, hi = m.ranges.T
+                values = self.lowpass(continuous_angles(raw, self._free_angles, self._triples, lo, hi), fps)
                 time_s = tb.timestamps_s - tb.timestamps_s[0]
                 track = TrackKinematics(
                     track_id=tb.track_id, frame_index=tb.frame_index, time_s=time_s, values=values,
