@@ -298,7 +298,7 @@ def marker_rms(fk: TorchKinematics, values: np.ndarray, markers: np.ndarray) -> 
     """(T,) RMS distance between `markers` (T, M, 3) (NaN = unseen) and the model's markers at
     `values` (T, C), metres."""
     with torch.no_grad():
-        pos = fk.markers(torch.as_tensor(np.asarray(values), dtype=torch.float64)).numpy()
+        pos = fk.markers(torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float64)).numpy()
     d2 = np.sum((pos - np.asarray(markers)) ** 2, -1)  # (T, M), NaN where unseen
     return np.sqrt(np.nanmean(d2, -1))
 
@@ -314,12 +314,12 @@ def fit_markers(fk: TorchKinematics, markers: np.ndarray, start: np.ndarray, low
     next step) and undone otherwise (the damping raised); a coordinate at a bound that the gradient
     pushes beyond it is held for that step. Frames are independent and go `chunk` at a time.
     Returns the coordinates (T, C) and each frame's RMS marker distance (T,), metres."""
-    start = np.asarray(start, dtype=np.float64)
+    start = np.ascontiguousarray(start, dtype=np.float64)
     if len(start) > chunk:
         parts = [fit_markers(fk, markers[i:i + chunk], start[i:i + chunk], lower, upper, free, iterations, chunk)
                  for i in range(0, len(start), chunk)]
         return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
-    x = torch.as_tensor(np.asarray(markers), dtype=_F64)
+    x = torch.as_tensor(np.ascontiguousarray(markers), dtype=_F64)
     seen = ~torch.isnan(x).any(-1)  # (T, M)
     x = torch.nan_to_num(x)
     weight = seen[..., None].to(_F64)  # (T, M, 1)
