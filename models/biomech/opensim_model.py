@@ -94,6 +94,11 @@ class OsimModel:
         return np.array([c.rotational for c in self.coordinates])
 
     @property
+    def clamped(self) -> np.ndarray:
+        """(C,) bool: which coordinates the model holds inside their ranges (IK treats those as bounds)."""
+        return np.array([c.clamped for c in self.coordinates])
+
+    @property
     def ranges(self) -> np.ndarray:
         """(C, 2) each coordinate's [min, max] in the model, SI."""
         return np.array([[c.range_min, c.range_max] for c in self.coordinates])

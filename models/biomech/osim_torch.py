@@ -288,7 +288,7 @@ def ik_bounds(model: OsimModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What OpenSim IK lets move, for `fit_markers`: lower and upper bounds (C,) (the ranges of the
     model's clamped coordinates, unbounded otherwise) and the free coordinates (C,) bool (all but
     the ones no virtual marker moves, `UNOBSERVED`, which stay where they start)."""
-    clamped = np.array([c.clamped for c in model.coordinates])
+    clamped = model.clamped
     lo, hi = model.ranges.T
     free = np.array([n not in UNOBSERVED for n in model.coordinate_names])
     return np.where(clamped, lo, -np.inf), np.where(clamped, hi, np.inf), free

@@ -88,7 +88,7 @@ def test_marker_fit_lands_on_opensim_ik(stage: KinematicsStage, tmp_path: Path) 
     assert after.max() < 1.0 and after.mean() < before.mean(), (after, before)
     assert (fit_err <= ik.marker_rms_m + 1e-4).all()  # IK's own objective: the fit is as good or better
     assert (fit_err <= net_err + 1e-9).all()
-    clamped = np.array([c.clamped for c in m.coordinates])
+    clamped = m.clamped
     lo, hi = m.ranges[clamped].T
     assert ((fit[:, clamped] >= lo - 1e-9) & (fit[:, clamped] <= hi + 1e-9)).all()  # IK's bounds hold
 

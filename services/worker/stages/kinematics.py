@@ -132,7 +132,7 @@ class KinematicsStage:
         self.fixed = [n for n in self.model.coordinate_names if n in UNOBSERVED]
         # angles no bound holds (pelvis, shoulders) are written continuously in time before filtering
         self._triples = TorchKinematics(self.model, self.marker_names).euler_triples()
-        self._free_angles = self.model.rotational & ~np.array([c.clamped for c in self.model.coordinates])
+        self._free_angles = self.model.rotational & ~self.model.clamped
         self.neurik = self._load_neurik(bundle, backend)
         self._lock = threading.Lock()  # OpenSim objects hold one state: one job at a time
 
@@ -215,6 +215,7 @@ class KinematicsStage:
         # angles: their model ranges describe a lab (pelvis_rotation within +-90 degrees of it), so a
         # person facing away from the camera is not "out of range". Only the joints are checked.
         anatomical = np.array([not n.startswith("pelvis_") for n in m.coordinate_names])
+        lo, hi = m.ranges.T
         out, artifacts = [], {}
         with self._lock, tempfile.TemporaryDirectory(prefix="kinemesh-kinematics-") as tmp:
             for k, tb in enumerate(body.tracks):
@@ -229,7 +230,6 @@ class KinematicsStage:
                 else:
                     raw, error = self.fit(scaled.model, markers, self.solve_neurik(scaled.model, markers), names=names)
                     write_trc(folder / "markers.trc", markers, names, fps)
-                lo, hi = m.ranges.T
                 values = self.lowpass(continuous_angles(raw, self._free_angles, self._triples, lo, hi), fps)
                 time_s = tb.timestamps_s - tb.timestamps_s[0]
                 track = TrackKinematics(
