@@ -136,7 +136,7 @@ def fit_perspective_translation(points: Tensor, uv: Tensor, intrinsics: Tensor, 
     # rows (..., 2L, 3) and right-hand sides (..., 2L)
     A = torch.cat([torch.stack([fs, zero, u], -1), torch.stack([zero, fs, -v], -1)], -2)
     y = torch.cat([-f * X - u * Z, -f * Y + v * Z], -1)
-    eye = torch.eye(3, dtype=points.dtype)
+    eye = torch.eye(3, dtype=points.dtype, device=points.device)
     for _ in range(max(1, iterations)):
         depth = (-(Z + tz[..., None])).clamp_min(0.05)  # (..., L)
         r = (w / depth**2).repeat(*([1] * (w.dim() - 1)), 2)  # (..., 2L) squared-residual weights

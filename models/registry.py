@@ -22,7 +22,7 @@ from torch import nn
 
 # Modules whose import registers presets; imported lazily by the lookup functions so that
 # `import kinemesh.models.registry` stays cheap and free of import cycles.
-_PRESET_MODULES: tuple[str, ...] = ("kinemesh.models.tokenizer", "kinemesh.models.genhmr")
+_PRESET_MODULES: tuple[str, ...] = ("kinemesh.models.tokenizer", "kinemesh.models.genhmr", "kinemesh.models.mqhmr")
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def predict_track(step_fn: StepFn, decoder: Any, keypoints: Tensor, iterations: 
 def full_rotations(body6d: Tensor, orient6d: Tensor) -> Tensor:
     """Root (B, 6) + 21 body joints (B, 21, 6) -> (B, 24, 3, 3), the two hand joints at rest."""
     B = body6d.shape[0]
-    eye = torch.eye(3, dtype=body6d.dtype).expand(B, 1, 3, 3)
+    eye = torch.eye(3, dtype=body6d.dtype, device=body6d.device).expand(B, 1, 3, 3)
     return torch.cat([rot6d_to_matrix(orient6d)[:, None], rot6d_to_matrix(body6d), eye, eye], 1)
 
 

@@ -130,7 +130,7 @@ def _temporal_smooth(x: Tensor, sigma: float) -> Tensor:
     if sigma <= 0 or x.shape[0] < 2:
         return x.clone()
     r = max(1, int(round(3 * sigma)))
-    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
     k = k / k.sum()  # (2r+1,)
     flat = x.reshape(x.shape[0], -1).T[:, None, :]  # (C, 1, T)
     padded = torch.nn.functional.pad(flat, (r, r), mode="replicate")
@@ -151,16 +151,19 @@ def reprojection_error(landmarks: Tensor, camera: Tensor, keypoints: Tensor, min
 def refine_track(
     layer: BodyLayer,
     decoder: torch.nn.Module,
-    codebook: Tensor,
+    codebook: Tensor | None,
     init: BodyParams,
     keypoints: Tensor,
     world: Tensor | None = None,
     config: RefineConfig = RefineConfig(),
     intrinsics: Tensor | None = None,
     frame_index: Tensor | None = None,
+    embeddings: Tensor | None = None,
 ) -> RefineResult:
     """Refine one track. decoder: the tokenizer's decoder, embeddings (T, N, D) -> body6d (T, 21, 6),
-    frozen; codebook (K, D); init: the decoded BodyParams of the T frames; keypoints (T, L, 3) in box
+    frozen; codebook (K, D), or None where the embeddings are not codes (MQ-HMR's query tokens: no
+    codebook term); embeddings (T, N, D): where they start (default: the codebook entries of
+    init.token_ids; required without a codebook); init: the decoded BodyParams of the T frames; keypoints (T, L, 3) in box
     units with confidences; world (T, L, 3) hip-centred world landmarks in the model frame, or None;
     intrinsics (T, 3) the pinhole camera in box units (`kinemesh.models.camera.box_intrinsics`): with
     them the landmarks are projected in full perspective and placed by a translation solved in closed
@@ -173,14 +176,18 @@ def refine_track(
     for p in decoder.parameters():
         p.requires_grad_(False)
     runs = segments(frame_index, T)
-    z = torch.cat([_temporal_smooth(codebook[init.token_ids[r]].detach(), c.init_smooth_frames)
+    if embeddings is None:
+        if codebook is None:
+            raise ValueError("refine_track needs the start embeddings when there is no codebook")
+        embeddings = codebook[init.token_ids]
+    z = torch.cat([_temporal_smooth(embeddings[r].detach(), c.init_smooth_frames)
                    for r in runs]).requires_grad_(True)  # (T, N, D)
     orient = torch.cat([_temporal_smooth(init.orient6d[r].detach(), c.init_smooth_frames)
                         for r in runs]).requires_grad_(True)  # (T, 6)
     # second differences only over three consecutive frames of one run
-    steady = torch.ones(max(T - 2, 0), dtype=torch.bool)  # (T-2,)
+    steady = torch.ones(max(T - 2, 0), dtype=torch.bool, device=keypoints.device)  # (T-2,)
     if frame_index is not None and T > 2:
-        idx = torch.as_tensor(frame_index, dtype=torch.int64)
+        idx = torch.as_tensor(frame_index, dtype=torch.int64, device=keypoints.device)
         steady = (idx[2:] - idx[:-2]) == 2
     w_frame = init.confidences.mean(-1, keepdim=True)  # (T, 1) frames decoded with confidence weigh more
     shape = ((init.shape * w_frame).sum(0, keepdim=True) / w_frame.sum().clamp_min(1e-6)).detach()
@@ -209,8 +216,9 @@ def refine_track(
             return perspective(lm, camera, intrinsics)
         cam_scale = c.scale_accel_camera  # metres per frame^2
 
-    code_scale = codebook.pow(2).sum(-1).mean().clamp_min(1e-8)  # mean squared norm of an entry
-    half_sq_norms = 0.5 * codebook.pow(2).sum(-1)  # (K,)
+    if codebook is not None:
+        code_scale = codebook.pow(2).sum(-1).mean().clamp_min(1e-8)  # mean squared norm of an entry
+        half_sq_norms = 0.5 * codebook.pow(2).sum(-1)  # (K,)
     nearest: list[Tensor] = []  # the codebook entries assigned to z, re-chosen every few steps
     if world is not None and c.w_bone > 0:  # the body's size and proportions from the metric world landmarks
         bone_target, bone_seen = track_bone_lengths(world, conf)  # (M,), (M,)
@@ -233,7 +241,7 @@ def refine_track(
             cam_acc = (camera[2:] - 2 * camera[1:-1] + camera[:-2])[steady]  # (S, 3)
             e = e + c.w_smooth * (acc.pow(2).sum(-1).mean() / c.scale_accel**2
                                   + cam_acc.pow(2).sum(-1).mean() / cam_scale**2)
-        if c.w_code > 0:
+        if c.w_code > 0 and codebook is not None:
             flat = z.reshape(-1, z.shape[-1])  # (T*N, D)
             if step % CODE_REASSIGN_EVERY == 0 or not nearest:
                 with torch.no_grad():  # the nearest entry is a choice, not a function to differentiate
