@@ -26,6 +26,9 @@ import torch
 from torch import Tensor, nn
 
 BATCH_AXIS = "batch"
+# Above this many bytes of weights a graph is written with its weights in a side file (ONNX external
+# data): one protobuf message cannot pass 2 GiB (the paper-size MQ-HMR holds 2.6 GB).
+EXTERNAL_DATA_BYTES = 1 << 30
 
 
 class ExportError(RuntimeError):
@@ -94,9 +97,11 @@ def export_graph(
 
     dynamo_error: str | None = None
     used = ""
+    large = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) > EXTERNAL_DATA_BYTES
     if exporter in ("auto", "dynamo"):
         try:
-            _torch_export(module, args, input_names, output_names, path, dynamic_batch, opset, dynamo=True)
+            _torch_export(module, args, input_names, output_names, path, dynamic_batch, opset, dynamo=True,
+                          external_data=large)
             used = "dynamo"
         except Exception as exc:  # any exporter failure: fall back, keep the reason
             if exporter == "dynamo":
@@ -105,12 +110,13 @@ def export_graph(
                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
             )
     if not used:
-        _torch_export(module, args, input_names, output_names, path, dynamic_batch, opset, dynamo=False)
+        _torch_export(module, args, input_names, output_names, path, dynamic_batch, opset, dynamo=False,
+                      external_data=large)
         used = "torchscript"
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # the graph; weights stay in their side file
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path) if large else model, full_check=True)  # by path past 2 GiB
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"onnx.checker rejected {path}: {exc}") from exc
     _check_interface(model, input_names, output_names, dynamic_batch)
@@ -171,12 +177,14 @@ def _torch_export(
     dynamic_batch: bool,
     opset: int,
     dynamo: bool,
+    external_data: bool = False,
 ) -> None:
-    """One `torch.onnx.export` call; the two exporters differ only in how the batch axis is named."""
+    """One `torch.onnx.export` call; the two exporters differ only in how the batch axis is named.
+    The TorchScript exporter moves weights to a side file by itself when the model passes 2 GiB."""
     if dynamo:
         batch = torch.export.Dim(BATCH_AXIS)
         options = dict(dynamic_shapes=tuple({0: batch} for _ in args) if dynamic_batch else None,
-                       external_data=False, optimize=True)
+                       external_data=external_data, optimize=True)
     else:
         options = dict(dynamic_axes={n: {0: BATCH_AXIS} for n in input_names + output_names} if dynamic_batch
                        else None, do_constant_folding=True)
