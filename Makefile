@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 VAR ?= var
 STAMP := $(VENV)/.kinemesh-installed
 
-.PHONY: setup demo test bench bench-body bench-kinematics lint models body clips bundle train-default train-neurik clean schema opensim
+.PHONY: setup demo test bench bench-body bench-kinematics bench-models lint models body clips bundle train-default train-neurik clean schema opensim
 
 setup: $(STAMP) models body clips bundle opensim
 
@@ -77,6 +77,11 @@ bench-body: setup
 
 bench-kinematics: setup
 	$(PY) bench/bench_kinematics.py
+
+# Parity of every graph (the paper-size ones exported at batch 1: ~15 GB of memory, minutes), their GFLOPs,
+# MQ-HMR's refinement. The GPU figures come from bench/gpu.sh on a machine with an NVIDIA GPU.
+bench-models: setup
+	$(PY) bench/bench_models.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check services models tests bench kinemesh

@@ -30,6 +30,8 @@ from bench.bench_body import NO_LIMITS, body_figures  # noqa: E402
 from bench.bench_decode import decode_fps  # noqa: E402
 from bench.bench_kinematics import DESCRIPTIONS as KINEMATICS_DESCRIPTIONS  # noqa: E402
 from bench.bench_kinematics import kinematics_figures  # noqa: E402
+from bench.bench_models import DESCRIPTIONS as MODEL_DESCRIPTIONS  # noqa: E402
+from bench.bench_models import TFLOPS, model_figures  # noqa: E402
 from kinemesh.models.assets.mediapipe_pose import build  # noqa: E402
 from kinemesh.models.assets.pose2sim_clips import ensure_demo_clips  # noqa: E402
 from kinemesh.services.client import Client  # noqa: E402
@@ -175,6 +177,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     results.update(body_figures(VAR / "models", clips))
     results.update(kinematics_figures(VAR / "models", clips))
+    results.update(model_figures(VAR / "models"))
 
     (REPO / "bench" / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     write_markdown(results)
@@ -193,6 +196,7 @@ DESCRIPTIONS = {
     "upload_rss_delta_mb": "gateway peak RSS (VmHWM) after the 200 MB upload minus after a 2 MB upload, same process",
     **BODY_DESCRIPTIONS,
     **KINEMATICS_DESCRIPTIONS,
+    **MODEL_DESCRIPTIONS,
 }
 
 
@@ -228,8 +232,49 @@ def write_markdown(results: dict[str, float], command: str = f"{COMMAND}` (`pyth
               "network alone; `neurik_fit_*`: the network then the marker fit, as `ik=neurik` serves it); "
               "`crossview_joint_angle_deg` and its six angles are reported (per-coordinate RMSE of both in "
               "bench/neurik_rmse_per_coordinate.json).",
+              "Targets (issue 5): `parity_max_abs` ≤ 1e-4; `mqhmr_refine_reproj_drop` ≥ 0.2.",
               ""]
+    lines += gpu_markdown(results)
     (REPO / "bench" / "RESULTS.md").write_text("\n".join(lines))
+
+
+def gpu_markdown(results: dict[str, float], path: Path = REPO / "bench" / "gpu_results.json") -> list[str]:
+    """The paper-size graphs' cost: GFLOPs per frame beside what 800 TFLOP/s allows, and the GPU figures
+    bench/gpu.sh recorded on a GPU machine (bench/gpu_results.json), when there are any."""
+    lines = ["## Paper-size graphs", "",
+             f"| graph | GFLOPs per frame | frames/s at {TFLOPS:g} TFLOP/s |", "|---|---|---|"]
+    for key, name in (("mqhmr_paper", "MQ-HMR (ViT-H/16 256x192, pyramid, deformable decoder)"),
+                      ("vit_h16", "ViT-H/16 backbone alone"), ("genhmr_paper_step", "GenHMR step (image tokens)"),
+                      ("genhmr_paper_frame", "GenHMR per frame (backbone + 5 steps)")):
+        if f"gflops_{key}" in results:
+            g = results[f"gflops_{key}"]
+            lines.append(f"| {name} | {g} | {TFLOPS * 1e3 / g:.0f} |")
+    if not path.is_file():
+        return [*lines, "", "No GPU figures yet: run `bench/gpu.sh` on a machine with an NVIDIA GPU.", ""]
+    gpu = json.loads(path.read_text())
+    info = gpu["info"]
+    lines += ["", f"## GPU ({info['device']}, {info['gpu_memory_gib']} GiB; PyTorch {info['torch']}, CUDA {info['cuda']}; "
+              f"{info['when']})", "",
+              "Measured by `bench/gpu.sh` (bench/gpu_results.json holds every figure and the commands). PyTorch's "
+              "CUDA path: fp32 without TF32, fp16 = half-precision weights and activations; CUDA events, median "
+              "of 10 calls after 3 warm-ups; random weights (speed does not depend on them). ONNX Runtime's CUDA "
+              "provider: not yet measured (the machine has no onnxruntime-gpu).", "",
+              "| graph | params (M) | fp32 frames/s (batch 1 / 16 / 64 / 128) | fp16 frames/s (same) | peak GiB fp32 / fp16 at 128 | fp16 max abs vs fp32 | fp16 TFLOP/s |",
+              "|---|---|---|---|---|---|---|"]
+    for name, g in gpu["graphs"].items():
+        if "error" in g:
+            lines.append(f"| {name} | | failed: {g['error']} | | | | |")
+            continue
+        fps = {p: " / ".join(f"{r['frames_per_s']:g}" for r in g[p]) for p in ("fp32", "fp16")}
+        lines.append(f"| {name} | {g['params_m']} | {fps['fp32']} | {fps['fp16']} | {g['fp32'][-1]['peak_gib']} / "
+                     f"{g['fp16'][-1]['peak_gib']} | {g['fp16_max_abs_vs_fp32']:.1e} | {g['fp16_best_tflops']} |")
+    lines += ["", "| job stage on the GPU (fp32) | frames | ms per call | frames/s |", "|---|---|---|---|"]
+    for key in sorted((k for k in gpu if k.startswith("job_stages")), key=lambda k: int(re.sub(r"\D", "", k) or 0)):
+        for stage, r in gpu[key].items():
+            if "error" not in r:
+                extra = f" (reprojection drop {r['reproj_drop']})" if "reproj_drop" in r else ""
+                lines.append(f"| {stage}{extra} | {r['batch']} | {r['ms_per_call']} | {r['frames_per_s']:,.0f} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""Model figures (issue 5): `make bench-models` or as part of `make bench`.
+
+  parity       every graph exported to ONNX and run by ONNX Runtime (CPU) against PyTorch on the same
+               random inputs: the default bundle's graphs (as its manifest recorded them at build), MQ-HMR's
+               CPU preset, and the paper-size graphs (MQ-HMR with its ViT-H/16 backbone, GenHMR's decoding
+               step with ViT-H image tokens), those exported and checked at batch 1 (random weights: no paper
+               checkpoint is public; parity does not depend on them).
+  GFLOPs       per frame of each paper-size graph (PyTorch's flop counter: matrix products and
+               convolutions), and the frames/s that 800 TFLOP/s would allow.
+  refinement   MQ-HMR's query-token refinement on the synthetic case (`mqhmr.synthetic_start`: the true
+               pose of 64 synthetic frames, every joint turned 15 degrees RMS, the shape off, its best
+               camera), the relative drop of the mean reprojection error.
+The GPU figures (bench/gpu.sh on a machine with a GPU, bench/gpu_results.json) are shown in RESULTS.md
+beside these.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kinemesh.models.export.onnx_export import export_graph  # noqa: E402
+from kinemesh.models.registry import create_model, model_config  # noqa: E402
+
+VAR = REPO / "var"
+TFLOPS = 800.0  # the accelerator rate the issue asks frames/s against
+GENHMR_ITERATIONS = 5  # decoding steps per frame
+MQ_OUTPUTS = ["body6d", "orient6d", "shape", "camera", "tokens"]
+
+DESCRIPTIONS = {
+    "parity_max_abs": "largest |ONNX Runtime - PyTorch| over every graph's outputs: the default bundle's graphs, "
+                      "MQ-HMR's CPU preset, and the paper-size MQ-HMR and GenHMR step at batch 1 on CPU (target <= 1e-4)",
+    **{f"parity_max_abs_{g}": f"the same for {g} alone" for g in ("bundle", "mqhmr_small", "mqhmr_paper", "genhmr_paper_step")},
+    "gflops_mqhmr_paper": "GFLOPs per frame of the paper-size MQ-HMR (ViT-H/16 at 256x192, 4-level pyramid, 6-layer "
+                          "deformable decoder; PyTorch's flop counter)",
+    "gflops_vit_h16": "GFLOPs per frame of the ViT-H/16 backbone alone (what image-conditioned GenHMR runs once a frame)",
+    "gflops_genhmr_paper_step": "GFLOPs of one paper-size GenHMR decoding step with 192 ViT-H image tokens",
+    "gflops_genhmr_paper_frame": f"GFLOPs per frame of image-conditioned GenHMR: the backbone and {GENHMR_ITERATIONS} steps",
+    **{f"fps_at_800_tflops_{g}": f"frames/s that {TFLOPS:g} TFLOP/s would allow for {g.replace('_', ' ')}"
+       for g in ("mqhmr_paper", "genhmr_paper_frame")},
+    "mqhmr_refine_reproj_drop": "MQ-HMR query-token refinement (20 steps) on the synthetic case: 1 - mean "
+                                "reprojection error after / before (target >= 0.2)",
+    "mqhmr_refine_reproj_before": "the mean reprojection error before, crop-box units",
+    "mqhmr_refine_reproj_after": "the same after",
+}
+
+
+def gflops(module: torch.nn.Module, *args: torch.Tensor) -> float:
+    module = module.eval().requires_grad_(False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*args)
+    return counter.get_total_flops() / 1e9
+
+
+class _Step(torch.nn.Module):
+    """A GenHMR model's decoding step as a module call."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: torch.Tensor, keypoints: torch.Tensor, image_tokens: torch.Tensor):
+        return self.model.step(token_ids, keypoints, image_tokens)
+
+
+def _step_inputs(cfg, batch: int) -> dict[str, torch.Tensor]:
+    return {"token_ids": torch.randint(0, cfg.codebook_size + 1, (batch, cfg.num_tokens)),
+            "keypoints": torch.rand(batch, 33, 3), "image_tokens": torch.randn(batch, cfg.image_tokens, cfg.image_dim)}
+
+
+def flop_figures() -> dict[str, float]:
+    from kinemesh.models.backbone import VisionTransformer
+
+    c = model_config("mqhmr_paper")
+    image = torch.randn(1, 3, c.image_height, c.image_width, device="meta")
+    with torch.device("meta"):
+        mq = gflops(create_model("mqhmr_paper"), image)
+        vit = gflops(VisionTransformer((c.image_height, c.image_width), c.patch, c.vit_dim, c.vit_depth, c.vit_heads),
+                     image)
+        g = model_config("genhmr_paper")
+        step = gflops(_Step(create_model("genhmr_paper")), *(t.to("meta") for t in _step_inputs(g, 1).values()))
+    frame = vit + GENHMR_ITERATIONS * step
+    return {"gflops_mqhmr_paper": round(mq, 1), "gflops_vit_h16": round(vit, 1),
+            "gflops_genhmr_paper_step": round(step, 1), "gflops_genhmr_paper_frame": round(frame, 1),
+            "fps_at_800_tflops_mqhmr_paper": round(TFLOPS * 1e3 / mq), "fps_at_800_tflops_genhmr_paper_frame":
+            round(TFLOPS * 1e3 / frame)}
+
+
+def _spread_heads(model: torch.nn.Module) -> torch.nn.Module:
+    """Untrained MQ-HMR starts its shape and camera heads at zero (constant outputs): give them random
+    weights so that parity compares outputs that vary with the input."""
+    with torch.no_grad():
+        model.shape_head.weight.normal_(0, 0.05)
+        model.camera_head.weight.normal_(0, 0.05)
+    return model
+
+
+def parity_figures(bundle: Path, paper: bool = True) -> dict[str, float]:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    out = {"parity_max_abs_bundle": max(v for g in manifest["graphs"].values() for v in g["parity_max_abs"].values())}
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="kinemesh-bench-export-") as tmp:
+        r = export_graph(_spread_heads(create_model("mqhmr_small")), {"image": torch.randn(2, 3, 256, 192)}, MQ_OUTPUTS, Path(tmp) / "s.onnx", opset=20)
+        out["parity_max_abs_mqhmr_small"] = max(r.max_abs_diff.values())
+        if paper:
+            print("  exporting the paper-size MQ-HMR (2.6 GB of weights; minutes) ...", flush=True)
+            r = export_graph(_spread_heads(create_model("mqhmr_paper")), {"image": torch.randn(1, 3, 256, 192)}, MQ_OUTPUTS,
+                             Path(tmp) / "mq" / "model.onnx", opset=20, parity_batch_sizes=(1,))
+            out["parity_max_abs_mqhmr_paper"] = max(r.max_abs_diff.values())
+            print("  exporting the paper-size GenHMR step ...", flush=True)
+            g = create_model("genhmr_paper")
+            from kinemesh.models.genhmr import MaskedPoseStepGraph
+
+            r = export_graph(MaskedPoseStepGraph(g), _step_inputs(g.cfg, 1), list(MaskedPoseStepGraph.output_names),
+                             Path(tmp) / "g" / "model.onnx", opset=20, parity_batch_sizes=(1,),
+                             int_ranges={"token_ids": (0, g.cfg.codebook_size + 1)})
+            out["parity_max_abs_genhmr_paper_step"] = max(r.max_abs_diff.values())
+    out["parity_max_abs"] = max(out.values())
+    return {k: float(f"{v:.2e}") for k, v in out.items()}
+
+
+def refine_figures(body_file: Path) -> dict[str, float]:
+    from kinemesh.models.body.assets import load_body_model
+    from kinemesh.models.mqhmr import refine_queries, synthetic_start
+    from kinemesh.models.training.synth import generate
+
+    layer = load_body_model(body_file, num_shape=32)
+    data = generate(layer, 1, 64, seed=41, num_shape=32)
+    torch.manual_seed(0)
+    model = create_model("mqhmr_small", shape_dim=32).eval()
+    with torch.no_grad():
+        out = model(torch.randn(64, 3, 256, 192))
+    start = synthetic_start(model, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
+    res = refine_queries(layer, model, start, data.keypoints, data.world)
+    before, after = float(res.reproj_before.mean()), float(res.reproj_after.mean())
+    return {"mqhmr_refine_reproj_drop": round(1 - after / before, 3), "mqhmr_refine_reproj_before": round(before, 4),
+            "mqhmr_refine_reproj_after": round(after, 4)}
+
+
+def model_figures(model_dir: Path, paper: bool = True) -> dict[str, float]:
+    print("models: GFLOPs of the paper-size graphs ...", flush=True)
+    out = flop_figures()
+    print("models: MQ-HMR query refinement on the synthetic case ...", flush=True)
+    out.update(refine_figures(model_dir / "body" / "anny_core.npz"))
+    print("models: ONNX parity of every graph ...", flush=True)
+    out.update(parity_figures(model_dir / "bundle" / "default", paper))
+    return out
+
+
+def main() -> int:
+    from bench.run import merge_results
+
+    merge_results(model_figures(VAR / "models", paper="--no-paper" not in sys.argv), "bench-models", "bench_models.py")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
