@@ -59,6 +59,24 @@ def normalize_keypoints(xy: Tensor, conf: Tensor) -> NormalizedKeypoints:
     return NormalizedKeypoints(torch.cat([uv, conf[..., None]], -1), center, half)
 
 
+def person_crops(images: Tensor, center: Tensor, half: Tensor, size: tuple[int, int] = (256, 192)) -> Tensor:
+    """Aspect-preserving person crops: images (P, H, W, 3) uint8 (each person's frame), box centres (P, 2)
+    and half-sides (P,) in pixels (`person_box`) -> (P, 3, h, w) float32 RGB in [0, 1], bilinear, zero
+    outside the frame. The crop spans the box's height and, at the crop's aspect h:w, a narrower width
+    about the same centre, so a point's crop coordinates ((x - cx) / half, (y - cy) / half) are its
+    person-box coordinates: the crop models' camera and the keypoints share one unit."""
+    P, H, W, _ = images.shape
+    h, w = size
+    dev = center.device
+    rows = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / h * 2 - 1  # (h,) in [-1, 1]
+    cols = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / w * 2 - 1  # (w,)
+    y = center[:, 1, None, None] + half[:, None, None] * rows[None, :, None]  # (P, h, 1) pixels
+    x = center[:, 0, None, None] + half[:, None, None] * (w / h) * cols[None, None, :]  # (P, 1, w)
+    grid = torch.stack(torch.broadcast_tensors(x / W * 2 - 1, y / H * 2 - 1), -1)  # (P, h, w, 2)
+    frames = images.permute(0, 3, 1, 2).float() / 255.0  # (P, 3, H, W)
+    return torch.nn.functional.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def weak_perspective(points: Tensor, camera: Tensor) -> Tensor:
     """Model points (..., L, 3) and camera (..., 3) = (s, tx, ty) -> box coordinates (..., L, 2)."""
     s, tx, ty = camera[..., 0:1], camera[..., 1:2], camera[..., 2:3]  # (..., 1) each

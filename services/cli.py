@@ -7,6 +7,8 @@
   kinemesh schema                    the result JSON Schema
   kinemesh keys create --tenant T    a new API key (printed once)
   kinemesh models build              build the model files into KINEMESH_MODEL_DIR
+  kinemesh bundle show [DIR]         what each graph of a bundle is (trained, checkpoint, untrained)
+  kinemesh bundle build --config paper --weights DIR   a paper-size bundle from operator checkpoints
 
 argparse keeps the CLI free of another dependency; rich draws the progress bars.
 """
@@ -39,7 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     extra = {"outputs": [o.strip() for o in args.outputs.split(",") if o.strip()]} if args.outputs else {}
     try:
-        options = JobOptions(target_fps=args.fps, max_people=args.max_people, ik=args.ik, **extra)
+        options = JobOptions(target_fps=args.fps, max_people=args.max_people, ik=args.ik,
+                             body_model=args.body_model, **extra)
     except ValueError as err:
         console.print(f"[red]bad options[/red]: {err}")
         return 2
@@ -216,6 +219,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from kinemesh.models.export.bundle import main as bundle_main
+
+    return bundle_main(args.rest or ["--help"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kinemesh", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -229,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated outputs (keypoints_2d, keypoints_3d, body, kinematics); default: all")
     r.add_argument("--ik", choices=("neurik", "opensim"), default="neurik",
                    help="joint coordinates by NeurIK (default) or OpenSim's inverse kinematics")
+    r.add_argument("--body-model", choices=("genhmr", "mq-hmr"), default="genhmr",
+                   help="body model: GenHMR (default) or MQ-HMR (needs a trained MQ-HMR checkpoint in the bundle)")
     r.set_defaults(fn=_cmd_run)
 
     sub.add_parser("schema", help="print the result JSON Schema").set_defaults(fn=_cmd_schema)
@@ -260,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="follow progress until the job ends")
     s.add_argument("--out", default=None, help="with --wait: folder to save result.json in")
     s.set_defaults(fn=_cmd_submit)
+
+    b = sub.add_parser("bundle", help="model bundles: `bundle show [DIR]` (what each graph is: trained, an "
+                                      "operator checkpoint, or untrained), `bundle build [--config small|paper "
+                                      "--weights DIR]`", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=_cmd_bundle)
 
     m = sub.add_parser("models", help="model files")
     ms = m.add_subparsers(dest="models_cmd", required=True)

@@ -49,10 +49,11 @@ class Client:
         return resp
 
     def submit(self, clip: Path, *, target_fps: float | None = None, max_people: int = 1,
-               idempotency_key: str | None = None, progress: bool = False) -> dict[str, Any]:
-        """Upload `clip` as the raw request body (streamed) and return the job document."""
+               idempotency_key: str | None = None, progress: bool = False, **options: str) -> dict[str, Any]:
+        """Upload `clip` as the raw request body (streamed) and return the job document. Other job
+        options (`ik`, `body_model`, `outputs` as a comma-separated string) go as query parameters."""
         size = clip.stat().st_size
-        params: dict[str, Any] = {"max_people": max_people}
+        params: dict[str, Any] = {"max_people": max_people, **{k: v for k, v in options.items() if v is not None}}
         if target_fps:
             params["target_fps"] = target_fps
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}

@@ -1,6 +1,7 @@
 """Inference backends: the one interface the worker runs exported graphs through."""
 
-from kinemesh.models.backends.base import GraphNotLoaded, InferenceBackend, TensorSpec
+from kinemesh.models.backends.base import BackendUnavailable, GraphNotLoaded, InferenceBackend, TensorSpec
 from kinemesh.models.backends.ort import OrtBackend
+from kinemesh.models.backends.triton import TritonBackend
 
-__all__ = ["GraphNotLoaded", "InferenceBackend", "OrtBackend", "TensorSpec"]
+__all__ = ["BackendUnavailable", "GraphNotLoaded", "InferenceBackend", "OrtBackend", "TensorSpec", "TritonBackend"]

@@ -1,8 +1,8 @@
 """The inference-backend interface.
 
 A backend serves named graphs (ONNX files of a bundle) and runs them on numpy arrays. The same
-ONNX files serve both implementations: in-process ONNX Runtime (`OrtBackend`) and, in a later
-issue, a Triton client. Stages depend on this interface only.
+ONNX files serve both implementations: in-process ONNX Runtime (`OrtBackend`) and a Triton client
+(`TritonBackend`, gRPC). Stages depend on this interface only.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import numpy as np
 
 
 class GraphNotLoaded(KeyError):
-    """`run` named a graph the backend has not loaded."""
+    """`run` named a graph the backend has not loaded (or a server does not serve it as the bundle says)."""
+
+
+class BackendUnavailable(ConnectionError):
+    """A remote backend (Triton) could not be reached or failed a call: transient, the job may retry."""
 
 
 @dataclass(frozen=True)

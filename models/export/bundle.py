@@ -5,7 +5,7 @@
 
 Layout of a bundle directory:
     manifest.json                   name, version, graphs (architecture, config, inputs/outputs,
-                                    parity, trained or not and the training record), preprocessing,
+                                    parity, what their weights are: `weights`), preprocessing,
                                     joint and landmark orders, body-model id, sha256 of every file
     <graph>/1/model.onnx            one Triton model repository entry per graph ...
     <graph>/config.pbtxt            ... with its config (onnxruntime backend, dynamic batching)
@@ -16,9 +16,21 @@ Layout of a bundle directory:
 Graphs of the default bundle: genhmr_step (one decoding step), tokenizer_decode (token ids ->
 pose), tokenizer_decode_embeddings (continuous embeddings -> pose), tokenizer_encode (pose ->
 token ids) and neurik (windows of virtual markers -> joint coordinates, pelvis residual, body
-scales; from models/weights/neurik). Each is exported with a dynamic batch axis, checked by
+scales; from models/weights/neurik), all trained by the project; and mqhmr (person crops -> body
+parameters and query tokens), untrained: no open data trains it here, so it is there for tests and
+benchmarks and a job asking for it is refused. Each is exported with a dynamic batch axis, checked by
 onnx.checker and held to ONNX Runtime/PyTorch parity (max abs difference <= 1e-4, recorded per
 output in the manifest).
+
+What a graph's weights are (`weights` in its manifest entry; `trained` is false only for the first):
+    {"status": "untrained", "init": ..., "needs": <the checkpoint that would make it servable>}
+    {"status": "trained", "record": <the project's training record in the bundle>}
+    {"status": "checkpoint", "file": <the operator's file>, "sha256": ...}
+
+    python -m kinemesh.models.export.bundle build --config paper --weights DIR --out var/models/bundle/paper
+builds a bundle of one size ("small" or "paper") from operator checkpoints in DIR (`CHECKPOINT_FILES`,
+safetensors or PyTorch; names as in `checkpoints.py`): each graph whose file is there is loaded
+(a tensor of the wrong shape fails the build, naming it), the others are exported untrained.
 """
 
 from __future__ import annotations
@@ -38,10 +50,12 @@ import torch
 from kinemesh.models.biomech.neurik import load_neurik
 from kinemesh.models.body.assets import read_body_model
 from kinemesh.models.camera import BOX_MARGIN, MIN_CONFIDENCE
+from kinemesh.models.export.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
 from kinemesh.models.export.onnx_export import export_graph
 from kinemesh.models.export.triton import tensor_specs_from_onnx, write_triton_config
 from kinemesh.models.genhmr import MaskedPoseStepGraph
 from kinemesh.models.landmarks import BLAZEPOSE_LANDMARKS
+from kinemesh.models.mqhmr.model import MQHMR_OUTPUTS
 from kinemesh.models.registry import create_model
 from kinemesh.models.tokenizer import (
     TokenizerEmbeddingDecoderGraph,
@@ -54,6 +68,12 @@ MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "kinemesh-bundle"
 BUNDLE_FORMAT_VERSION = 1
 MAX_BATCH = 256  # Triton max_batch_size of every graph (frames of a track per call)
+MQHMR_CROP = (256, 192)  # person crop height x width the MQ-HMR graphs take
+# ImageNet statistics (RGB, 0-1 pixels), as the ViT backbones the papers start from were trained with
+CROP_MEAN, CROP_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The checkpoint file each graph of a config bundle loads (stem; .safetensors, .pt, .pth, .ckpt or .bin)
+CHECKPOINT_FILES = {"mqhmr": "mqhmr"}
+CONFIG_PRESETS = {"small": {"mqhmr": "mqhmr_small"}, "paper": {"mqhmr": "mqhmr_paper"}}
 # Opset 20 has a native Gelu: ONNX Runtime runs it as one kernel where opset 17's erf expansion is five
 # (the decoding step ~5 % faster on a 2-core CPU, same outputs within 1e-5). Triton's onnxruntime
 # backend has read opset 20 since ONNX Runtime 1.16.
@@ -79,6 +99,25 @@ def load_weights(preset: str, overrides: dict[str, Any], state_dict: Path) -> to
     return model.eval()
 
 
+def untrained(preset: str, graph: str, config: str, note: str = "") -> dict[str, Any]:
+    """The `weights` entry of a graph exported with random weights."""
+    return {"status": "untrained", "init": "random (seed 0): for tests and benchmarks only",
+            "needs": f"a trained {preset} checkpoint: put it at DIR/{CHECKPOINT_FILES[graph]}.safetensors (or .pt) and "
+                     f"build with `kinemesh bundle build --config {config} --weights DIR`{note}"}
+
+
+def mqhmr_entry(preset: str, overrides: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:
+    """Manifest metadata of an MQ-HMR graph: architecture, config, crop preprocessing, weights."""
+    from kinemesh.models.registry import model_config
+
+    return {"architecture": preset, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                                               model_config(preset, **overrides).__dict__.items()},
+            "preprocessing": {"crop": list(MQHMR_CROP), "mean": list(CROP_MEAN), "std": list(CROP_STD),
+                              "layout": "RGB, NCHW, (pixel / 255 - mean) / std, aspect-preserving crop around the "
+                                        "keypoint box"},
+            "weights": weights}
+
+
 def load_trained(weights: Path) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
     """The tokenizer and transformer from a weights folder (state dicts + record.json)."""
     record = json.loads((weights / "record.json").read_text())
@@ -93,9 +132,7 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
     """Export every graph (NeurIK's too when `neurik`, a folder with neurik.pt and record.json, is
     given), write the Triton configs and the manifest. Returns the manifest."""
     tok, model, record = load_trained(weights)
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _fresh(out)
     N, K, D = tok.cfg.num_tokens, tok.cfg.codebook_size, tok.cfg.code_dim
     J = tok.cfg.joints
     torch.manual_seed(0)
@@ -110,7 +147,8 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
         "tokenizer_encode": (TokenizerEncoderGraph(tok), {"rot6d": torch.randn(2, J, 6)}, ["indices", "z_e"], None),
     }
     meta: dict[str, dict[str, Any]] = {g: {"architecture": record[p]["preset"], "config": record[p]["config"],
-                                           "training_record": "training_record.json"}
+                                           "training_record": "training_record.json",
+                                           "weights": {"status": "trained", "record": "training_record.json"}}
                                        for g, p in (("genhmr_step", "transformer"), ("tokenizer_decode", "tokenizer"),
                                                     ("tokenizer_decode_embeddings", "tokenizer"),
                                                     ("tokenizer_encode", "tokenizer"))}
@@ -120,11 +158,95 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
         graphs["neurik"] = (net, {"markers": torch.randn(2, c.window, c.markers, 4)},
                             ["coordinates", "pelvis_residual", "scales"], None)
         meta["neurik"] = {"architecture": "neurik", "config": c.__dict__, "training_record": "neurik_record.json",
-                          **info}
+                          "weights": {"status": "trained", "record": "neurik_record.json"}, **info}
+    shape_dim = int(record["body_model_shape_components"])
+    torch.manual_seed(0)
+    mq = create_model("mqhmr_small", shape_dim=shape_dim)
+    graphs["mqhmr"] = (mq, {"image": torch.randn(2, 3, *MQHMR_CROP)}, list(MQHMR_OUTPUTS), None)
+    meta["mqhmr"] = mqhmr_entry("mqhmr_small", {"shape_dim": shape_dim},
+                                untrained("mqhmr_small", "mqhmr", "small", f" (shape_dim {shape_dim})"))
+    entries = _export_graphs(tmp, graphs, meta)
+    (tmp / "torch").mkdir()
+    shutil.copy2(weights / "pose_tokenizer.pt", tmp / "torch" / "pose_tokenizer.pt")
+    torch.save(mq.pose_head.state_dict(), tmp / "torch" / "mqhmr_pose_head.pt")
+    shutil.copy2(weights / "record.json", tmp / "training_record.json")
+    if neurik is not None:
+        shutil.copy2(neurik / "record.json", tmp / "neurik_record.json")
+    manifest: dict[str, Any] = {
+        **_header(name, version, entries, tmp, body, shape_dim),
+        "torch": {"pose_tokenizer": {"file": "torch/pose_tokenizer.pt", "preset": record["tokenizer"]["preset"],
+                                     "overrides": record["tokenizer"]["overrides"]},
+                  "mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim}},
+        "preprocessing": {"keypoints": "BlazePose 33 landmarks, (x, y) normalised to a square person box "
+                                       "(centre of the confident landmarks' extent, half-side = margin * extent / 2), "
+                                       "plus confidence", "box_margin": BOX_MARGIN,
+                          "box_min_confidence": MIN_CONFIDENCE,
+                          "camera": "weak perspective (s, tx, ty): u = s (X + tx), v = s (-Y + ty)"},
+        "decoding": {"iterations": 5, "schedule": "cosine"},
+        "joint_names": list(SMPL_JOINTS), "body_pose_joints": list(SMPL_JOINTS[1:22]),
+        "landmark_names": list(BLAZEPOSE_LANDMARKS),
+    }
+    return _finish(tmp, out, manifest)
+
+
+def build_config_bundle(config: str, weights: Path, body: Path, out: Path, name: str | None = None,
+                        version: str = "1", shape_dim: int = 10) -> dict[str, Any]:
+    """A bundle of one size (`CONFIG_PRESETS`: "small" or "paper") from the operator's checkpoints in
+    `weights` (`CHECKPOINT_FILES`): a graph whose file is there gets those weights (CheckpointError,
+    naming the tensor, when they do not fit), the others random weights marked untrained. `shape_dim`:
+    the body model's shape coefficients the graphs predict (10, as the default bundle's)."""
+    if config not in CONFIG_PRESETS:
+        raise BundleError(f"unknown bundle config {config!r}; known: {sorted(CONFIG_PRESETS)}")
+    tmp = _fresh(out)
+    graphs: dict[str, tuple] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    preset = CONFIG_PRESETS[config]["mqhmr"]
+    torch.manual_seed(0)
+    mq = create_model(preset, shape_dim=shape_dim)
+    found = _checkpoint_file(weights, "mqhmr")
+    if found is None:
+        status = untrained(preset, "mqhmr", config, f" (shape_dim {shape_dim})")
+    else:
+        load_checkpoint(mq, read_checkpoint(found), name=found.name)
+        status = {"status": "checkpoint", "file": found.name, "sha256": sha256_file(found)}
+    graphs["mqhmr"] = (mq, {"image": torch.randn(1 if config == "paper" else 2, 3, *MQHMR_CROP)},
+                       list(MQHMR_OUTPUTS), None)
+    meta["mqhmr"] = mqhmr_entry(preset, {"shape_dim": shape_dim}, status)
+    entries = _export_graphs(tmp, graphs, meta, parity_batch_sizes=(1,) if config == "paper" else (1, 5))
+    (tmp / "torch").mkdir()
+    torch.save(mq.pose_head.state_dict(), tmp / "torch" / "mqhmr_pose_head.pt")
+    manifest = {**_header(name or config, version, entries, tmp, body, shape_dim),
+                "torch": {"mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim}},
+                "joint_names": list(SMPL_JOINTS), "body_pose_joints": list(SMPL_JOINTS[1:22]),
+                "landmark_names": list(BLAZEPOSE_LANDMARKS)}
+    return _finish(tmp, out, manifest)
+
+
+def _checkpoint_file(folder: Path, graph: str) -> Path | None:
+    """The operator's checkpoint for `graph` in `folder`, if any (safetensors first)."""
+    for suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".bin"):
+        path = folder / f"{CHECKPOINT_FILES[graph]}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _fresh(out: Path) -> Path:
+    """An empty build folder beside `out` (renamed to `out` by `_finish`)."""
+    tmp = out.with_name(out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _export_graphs(tmp: Path, graphs: dict[str, tuple], meta: dict[str, dict[str, Any]],
+                   parity_batch_sizes: tuple[int, ...] = (1, 5)) -> dict[str, Any]:
+    """Export each graph (module, example inputs, output names, integer input ranges) with its Triton
+    config; returns the manifest entries (meta + file, interface, parity, `trained`)."""
     entries: dict[str, Any] = {}
     for graph, (module, example, outputs, ranges) in graphs.items():
         report = export_graph(module, example, outputs, tmp / graph / "1" / "model.onnx", opset=BUNDLE_OPSET,
-                              int_ranges=ranges)
+                              int_ranges=ranges, parity_batch_sizes=parity_batch_sizes)
         ins, outs = tensor_specs_from_onnx(report.path)
         write_triton_config(tmp / graph, graph, ins, outs, MAX_BATCH)
         entries[graph] = {
@@ -135,33 +257,24 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
             "outputs": [{"name": s.name, "dtype": s.data_type, "dims": list(s.dims)} for s in outs],
             "opset": report.opset, "exporter": report.exporter,
             "parity_max_abs": report.max_abs_diff, "parity_atol": report.atol,
-            "trained": True,
+            "trained": meta[graph]["weights"]["status"] != "untrained",
         }
-    (tmp / "torch").mkdir()
-    shutil.copy2(weights / "pose_tokenizer.pt", tmp / "torch" / "pose_tokenizer.pt")
-    (tmp / "body").mkdir()
+    return entries
+
+
+def _header(name: str, version: str, entries: dict[str, Any], tmp: Path, body: Path, shape_dim: int) -> dict[str, Any]:
+    """The manifest's common fields; copies the body model into the bundle."""
+    (tmp / "body").mkdir(exist_ok=True)
     shutil.copy2(body, tmp / "body" / body.name)
-    shutil.copy2(weights / "record.json", tmp / "training_record.json")
-    if neurik is not None:
-        shutil.copy2(neurik / "record.json", tmp / "neurik_record.json")
     _, body_header = read_body_model(body)
-    manifest: dict[str, Any] = {
-        "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
-        "name": name, "version": version, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "graphs": entries,
-        "torch": {"pose_tokenizer": {"file": "torch/pose_tokenizer.pt", "preset": record["tokenizer"]["preset"],
-                                     "overrides": record["tokenizer"]["overrides"]}},
-        "body_model": {"id": body_header["name"], "file": f"body/{body.name}",
-                       "shape_components": record["body_model_shape_components"]},
-        "preprocessing": {"keypoints": "BlazePose 33 landmarks, (x, y) normalised to a square person box "
-                                       "(centre of the confident landmarks' extent, half-side = margin * extent / 2), "
-                                       "plus confidence", "box_margin": BOX_MARGIN,
-                          "box_min_confidence": MIN_CONFIDENCE,
-                          "camera": "weak perspective (s, tx, ty): u = s (X + tx), v = s (-Y + ty)"},
-        "decoding": {"iterations": 5, "schedule": "cosine"},
-        "joint_names": list(SMPL_JOINTS), "body_pose_joints": list(SMPL_JOINTS[1:22]),
-        "landmark_names": list(BLAZEPOSE_LANDMARKS),
-    }
+    return {"format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
+            "name": name, "version": version, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "graphs": entries,
+            "body_model": {"id": body_header["name"], "file": f"body/{body.name}", "shape_components": shape_dim}}
+
+
+def _finish(tmp: Path, out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record every file's sha256, write the manifest and move the bundle into place."""
     manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
@@ -188,11 +301,37 @@ class Bundle:
         entry = self.manifest["torch"]["pose_tokenizer"]
         return load_weights(entry["preset"], entry["overrides"], self.path(entry["file"]))
 
+    def weights(self, graph: str) -> dict[str, Any]:
+        """What a graph's weights are (see the module docstring); bundles from before the field say
+        only `trained`."""
+        entry = self.manifest["graphs"].get(graph)
+        if entry is None:
+            raise BundleError(f"bundle {self.root} has no graph {graph!r}")
+        return entry.get("weights") or {"status": "trained" if entry.get("trained") else "untrained",
+                                        "needs": "a trained checkpoint"}
+
     def summary(self) -> dict[str, Any]:
         return {"name": self.manifest["name"], "version": self.manifest["version"],
                 "body_model": self.manifest["body_model"]["id"],
-                "graphs": {g: {"architecture": e["architecture"], "trained": e["trained"]}
+                "graphs": {g: {"architecture": e["architecture"], "trained": e["trained"], "weights": self.weights(g)}
                            for g, e in self.manifest["graphs"].items()}}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """A bundle summary as text: one line per graph, what its weights are."""
+    lines = [f"bundle {summary['name']}@{summary['version']} (body model {summary['body_model']})"]
+    width = max(len(g) for g in summary["graphs"])
+    arch = max(len(e["architecture"]) for e in summary["graphs"].values())
+    for graph, e in summary["graphs"].items():
+        w = e["weights"]
+        if w["status"] == "trained":
+            what = f"trained by the project ({w.get('record')})"
+        elif w["status"] == "checkpoint":
+            what = f"operator checkpoint {w.get('file')} (sha256 {str(w.get('sha256'))[:12]})"
+        else:
+            what = f"UNTRAINED, random weights (not served); needs {w.get('needs')}"
+        lines.append(f"  {graph:<{width}}  {e['architecture']:<{arch}}  {what}")
+    return "\n".join(lines)
 
 
 def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
@@ -219,21 +358,44 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build or show a model bundle.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build")
-    b.add_argument("--weights", default="models/weights/default")
+    b = sub.add_parser("build", help="build the default bundle from the project's weights, or a small/paper "
+                                      "bundle from operator checkpoints (--config)")
+    b.add_argument("--config", choices=["default", *CONFIG_PRESETS], default="default",
+                   help="default: the project-trained bundle; small/paper: that size from --weights DIR, "
+                        f"files {', '.join(f'{v}.safetensors' for v in CHECKPOINT_FILES.values())} (or .pt)")
+    b.add_argument("--weights", default=None, help="weights folder (default: models/weights/default)")
     b.add_argument("--body", default="var/models/body/anny_core.npz")
-    b.add_argument("--out", default="var/models/bundle/default")
+    b.add_argument("--out", default=None, help="bundle folder (default: var/models/bundle/<config>)")
     b.add_argument("--neurik", default=None, help="NeurIK weights folder (neurik.pt, record.json) to add")
-    s = sub.add_parser("show")
+    b.add_argument("--shape-components", type=int, default=10, help="shape coefficients (small/paper configs)")
+    s = sub.add_parser("show", help="what each graph of a bundle is: architecture, trained or not, weights")
     s.add_argument("bundle", nargs="?", default="var/models/bundle/default")
+    s.add_argument("--json", action="store_true", help="the summary as JSON")
     a = p.parse_args(argv)
-    if a.cmd == "build":
-        manifest = build_bundle(Path(a.weights), Path(a.body), Path(a.out),
-                                neurik=Path(a.neurik) if a.neurik else None)
-        worst = max(v for g in manifest["graphs"].values() for v in g["parity_max_abs"].values())
-        print(f"bundle built: {a.out} ({len(manifest['graphs'])} graphs, parity max abs {worst:.2e})")
-    else:
-        print(json.dumps(open_bundle(a.bundle).summary(), indent=2))
+    if a.cmd == "show":
+        try:
+            summary = open_bundle(a.bundle).summary()
+        except BundleError as exc:
+            print(f"not a usable bundle: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2) if a.json else describe(summary))
+        return 0
+    out = Path(a.out or f"var/models/bundle/{a.config}")
+    try:
+        if a.config == "default":
+            manifest = build_bundle(Path(a.weights or "models/weights/default"), Path(a.body), out,
+                                    neurik=Path(a.neurik) if a.neurik else None)
+        else:
+            if a.weights is None:
+                p.error("--config small/paper needs --weights DIR (the operator's checkpoints)")
+            manifest = build_config_bundle(a.config, Path(a.weights), Path(a.body), out,
+                                           shape_dim=a.shape_components)
+    except (CheckpointError, BundleError) as exc:
+        print(f"bundle not built: {exc}", file=sys.stderr)
+        return 2
+    worst = max(v for g in manifest["graphs"].values() for v in g["parity_max_abs"].values())
+    marks = ", ".join(f"{g} {'trained' if e['trained'] else 'UNTRAINED'}" for g, e in manifest["graphs"].items())
+    print(f"bundle built: {out} ({len(manifest['graphs'])} graphs: {marks}; parity max abs {worst:.2e})")
     return 0
 
 

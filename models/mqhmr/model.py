@@ -76,6 +76,9 @@ class PoseHead(nn.Module):
         return self.linear(tokens) + self.rest6d
 
 
+MQHMR_OUTPUTS = MQHMROutput._fields  # the exported graph's output names
+
+
 class DecoderLayer(nn.Module):
     """queries (B, Q, D) with their positions (Q, D) and reference points (Q, 2) -> (B, Q, D)."""
 

@@ -10,12 +10,12 @@ Shape legend: T frames of one track, D decoder width, L = 33 landmarks, S shape 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from kinemesh.models.body.layer import BodyLayer
 from kinemesh.models.genhmr.inference import BodyParams
 from kinemesh.models.genhmr.refine import RefineConfig, RefineResult, refine_track
-from kinemesh.models.mqhmr.model import BODY_JOINTS, MQHMR, MQHMROutput
+from kinemesh.models.mqhmr.model import BODY_JOINTS, MQHMROutput
 
 # GenHMR's objective and schedule with a smaller step: a token moves a joint through the pose head's
 # weights, and GenHMR's step (0.12, in codebook units) overshoots here (chosen on the synthetic case of
@@ -31,21 +31,23 @@ def as_body_params(out: MQHMROutput) -> BodyParams:
                       out.orient6d, out.shape, out.camera)
 
 
-def refine_queries(layer: BodyLayer, model: MQHMR, out: MQHMROutput, keypoints: Tensor, world: Tensor | None = None,
+def refine_queries(layer: BodyLayer, pose_head: nn.Module, out: MQHMROutput, keypoints: Tensor,
+                   world: Tensor | None = None,
                    config: RefineConfig = MQHMR_REFINE, intrinsics: Tensor | None = None,
                    frame_index: Tensor | None = None) -> RefineResult:
-    """Refine one track's MQ-HMR outputs `out` (T frames) against its keypoints (T, L, 3) in crop-box units
+    """Refine one track's MQ-HMR outputs `out` (T frames), through the model's frozen `pose_head`
+    (`MQHMR.pose_head`; the worker loads it from the bundle), against its keypoints (T, L, 3) in crop-box units
     (and the world landmarks (T, L, 3), intrinsics (T, 3) and frame numbers (T,) as `refine_track`
     takes them). The result's `embeddings` are the refined joint queries (T, 21, D)."""
-    return refine_track(layer, model.pose_head, None, as_body_params(out), keypoints, world, config,
+    return refine_track(layer, pose_head, None, as_body_params(out), keypoints, world, config,
                         intrinsics, frame_index, embeddings=out.tokens[:, :BODY_JOINTS])
 
 
-def synthetic_start(model: MQHMR, out: MQHMROutput, body6d: Tensor, orient6d: Tensor, shape: Tensor,
+def synthetic_start(pose_head: nn.Module, out: MQHMROutput, body6d: Tensor, orient6d: Tensor, shape: Tensor,
                     keypoints: Tensor, layer: BodyLayer, noise_deg: float = 15.0, shape_noise: float = 0.5,
                     seed: int = 0) -> MQHMROutput:
     """A synthetic case for the refinement: MQ-HMR outputs `out` (T frames) whose query tokens are moved,
-    each the least distance, so that the model's own pose head gives the true pose (body6d (T, 21, 6),
+    each the least distance, so that the model's own `pose_head` gives the true pose (body6d (T, 21, 6),
     orient6d (T, 6)) with every joint turned by a random rotation of `noise_deg` RMS degrees; the shape
     is the true shape (T, S) plus Gaussian noise of `shape_noise`; the camera is the least-squares
     weak-perspective camera of that body on the keypoints (T, L, 3): the start a trained but imperfect
@@ -62,10 +64,10 @@ def synthetic_start(model: MQHMR, out: MQHMROutput, body6d: Tensor, orient6d: Te
     target = matrix_to_rot6d(rot6d_to_matrix(truth) @ axis_angle_to_matrix(axis * angle))  # (T, J + 1, 6)
     with torch.no_grad():
         tokens = out.tokens.clone()
-        w = model.pose_head.linear.weight  # (6, D)
-        miss = target - model.pose_head(tokens[:, :J + 1])  # (T, J + 1, 6)
+        w = pose_head.linear.weight  # (6, D)
+        miss = target - pose_head(tokens[:, :J + 1])  # (T, J + 1, 6)
         tokens[:, :J + 1] += miss @ torch.linalg.pinv(w).T  # least-norm move: the head now gives `target`
-        rot = model.pose_head(tokens[:, :J + 1])
+        rot = pose_head(tokens[:, :J + 1])
         noisy_shape = shape + shape_noise * torch.randn(shape.shape, generator=g)
         _, lm = layer.skeleton(full_rotations(rot[:, :J], rot[:, J]), noisy_shape, torch.zeros(T, 3))
         camera = fit_weak_perspective(lm, keypoints[..., :2], keypoints[..., 2])

@@ -143,6 +143,13 @@ class ModelUnavailable(KinemeshError):
         "model_unavailable", "A model this job needs is not available", 503, "UNAVAILABLE")
 
 
+class ModelUntrained(ModelUnavailable):
+    """The bundle holds the model the job asks for, but with random weights (for tests and benchmarks):
+    serving it would return meaningless output. The detail and `checkpoint` say what would fix it."""
+
+    code, title = "model_untrained", "The model this job asks for has no trained weights"
+
+
 # --- transient faults ----------------------------------------------------------------------
 
 
@@ -156,6 +163,10 @@ class TransientError(KinemeshError):
 
 class StorageUnavailable(TransientError):
     code, title = "storage_unavailable", "Storage is temporarily unavailable"
+
+
+class InferenceUnavailable(TransientError):
+    code, title = "inference_unavailable", "The inference server is temporarily unavailable"
 
 
 class QueueUnavailable(TransientError):

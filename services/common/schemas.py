@@ -41,6 +41,7 @@ class JobState(StrEnum):
 
 OutputName = Literal["keypoints_2d", "keypoints_3d", "body", "kinematics"]
 IkMethod = Literal["neurik", "opensim"]
+BodyModelChoice = Literal["genhmr", "mq-hmr"]
 
 
 class JobOptions(_Doc):
@@ -59,6 +60,12 @@ class JobOptions(_Doc):
         ".mot/.trc/.osim/CSV/PNG artifacts, gait events) and needs `body`.",
     )
 
+    body_model: BodyModelChoice = Field(
+        "genhmr", description="Which body model turns each person into a mesh: `genhmr` (GenHMR's masked "
+        "pose-token transformer on the 2D keypoints; the default, trained by the project) or `mq-hmr` "
+        "(BioPose's multi-query transformer on person crops; needs a bundle with a trained MQ-HMR checkpoint, "
+        "else the job fails with `model_untrained`).",
+    )
     ik: IkMethod = Field(
         "neurik", description="How the kinematics stage turns the virtual markers into joint coordinates: "
         "`neurik` (BioPose's learned inverse kinematics, one batched network call per track) or `opensim` "

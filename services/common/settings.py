@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     neurik_fit_iterations: int = Field(10, ge=0, le=100, description="Least-squares marker-fit steps after "
                                        "NeurIK (the kinematics stage's default ik=neurik); 0 = the network's output.")
     inference_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 lets it choose.")
+    inference_backend: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime", description="Where the worker runs the bundle's graphs: in-process ONNX Runtime, or a Triton "
+        "server whose model repository is the same bundle (KINEMESH_TRITON_URL).")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port) for inference_backend=triton.")
     decode_rate_hz: float = Field(15.0, ge=0, description="With refinement on, pose tokens are decoded for "
                                   "keyframes at about this rate and refinement fits every frame; 0 = every frame.")
     job_ttl_s: int = Field(7 * 24 * 3600, description="How long job records and results are kept.")

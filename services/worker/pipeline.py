@@ -8,7 +8,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from kinemesh.models.backends import BackendUnavailable, InferenceBackend, OrtBackend, TritonBackend
 from kinemesh.models.genhmr.refine import RefineConfig
+from kinemesh.services.common.bundle_check import BODY_MODEL_GRAPHS
+from kinemesh.services.common.errors import InferenceUnavailable
 from kinemesh.services.common.schemas import BodyModelInfo, ClipInfo, JobOptions, KinemeshResult, StageTiming
 from kinemesh.services.common.settings import Settings
 from kinemesh.services.worker.results import build_result, keypoints_npz
@@ -59,11 +62,20 @@ class Pipeline:
             self._keypoints[max_people] = stage
         return stage
 
+    def backend(self) -> InferenceBackend:
+        """The inference backend the settings choose: in-process ONNX Runtime, or a Triton server."""
+        s = self.settings
+        if s.inference_backend == "triton":
+            return TritonBackend(s.triton_url)
+        return OrtBackend(intra_op_threads=s.inference_threads)
+
     def body_stage(self) -> BodyStage:
         if self._body is None:
-            self._body = BodyStage(self.settings.bundle_dir, RefineConfig(steps=self.settings.refine_steps),
-                                   threads=self.settings.inference_threads,
-                                   decode_rate_hz=self.settings.decode_rate_hz)
+            try:
+                self._body = BodyStage(self.settings.bundle_dir, RefineConfig(steps=self.settings.refine_steps),
+                                       backend=self.backend(), decode_rate_hz=self.settings.decode_rate_hz)
+            except BackendUnavailable as exc:
+                raise InferenceUnavailable(str(exc)) from exc
         return self._body
 
     def kinematics_stage(self) -> KinematicsStage:
@@ -74,11 +86,12 @@ class Pipeline:
         return self._kinematics
 
     @staticmethod
-    def body_model_info(stage: BodyStage, focal_px: float) -> BodyModelInfo:
+    def body_model_info(stage: BodyStage, focal_px: float, body_model: str = "genhmr") -> BodyModelInfo:
         m = stage.bundle.manifest
+        graphs = [m["graphs"][g] for g in BODY_MODEL_GRAPHS[body_model]]
         return BodyModelInfo(
-            name=stage.body_model_name, pose_model=m["graphs"]["genhmr_step"]["architecture"],
-            bundle=f"{m['name']}@{m['version']}", trained=all(g["trained"] for g in m["graphs"].values()),
+            name=stage.body_model_name, pose_model=graphs[0]["architecture"],
+            bundle=f"{m['name']}@{m['version']}", trained=all(g["trained"] for g in graphs),
             joint_names=list(m["joint_names"]), shape_components=int(m["body_model"]["shape_components"]),
             focal_length_px=focal_px, decoding_iterations=stage.iterations, refinement_steps=stage.refine_config.steps)
 
@@ -96,6 +109,13 @@ class Pipeline:
 
     def run(self, video_path: Path, options: JobOptions, ctx: StageContext, job_id: str | None = None,
             size_bytes: int | None = None) -> PipelineOutput:
+        try:
+            return self._run(video_path, options, ctx, job_id, size_bytes)
+        except BackendUnavailable as exc:  # a Triton server down or failing: transient, the job retries
+            raise InferenceUnavailable(str(exc)) from exc
+
+    def _run(self, video_path: Path, options: JobOptions, ctx: StageContext, job_id: str | None,
+             size_bytes: int | None) -> PipelineOutput:
         ctx = _OverallProgress(ctx)
         started = time.perf_counter()
         timings: list[StageTiming] = []
@@ -109,6 +129,8 @@ class Pipeline:
             ctx.progress(stage, 1.0)
 
         target_fps = options.target_fps or self.settings.default_target_fps
+        if "body" in options.outputs:  # a body model the bundle cannot serve fails the job before any work
+            self.body_stage().require(options.body_model)
         with timed("decode"):
             video = self.decode.open(video_path, target_fps, limits=self.settings)
         with timed("keypoints"):  # decoding streams inside this stage, batch by batch
@@ -117,8 +139,8 @@ class Pipeline:
         if "body" in options.outputs:
             stage = self.body_stage()
             with timed("body"):
-                body = stage.run(tracks, ctx)
-            body_model = self.body_model_info(stage, body.focal_px)
+                body = stage.run(tracks, ctx, body_model=options.body_model, video=video)
+            body_model = self.body_model_info(stage, body.focal_px, options.body_model)
             artifacts.update(body.artifacts)
         if "kinematics" in options.outputs and body is not None:
             with timed("kinematics"):

@@ -23,7 +23,8 @@ from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyStage
 
 REPO = Path(__file__).resolve().parents[2]
-GRAPHS = ("genhmr_step", "tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode", "neurik")
+GRAPHS = ("genhmr_step", "tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode", "neurik", "mqhmr")
+UNTRAINED = {"mqhmr"}  # exported with random weights: listed, never served
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,12 @@ def test_manifest_lists_every_graph_with_parity_and_a_triton_config(bundle_dir: 
     m = bundle.manifest
     assert set(m["graphs"]) == set(GRAPHS)
     for name, g in m["graphs"].items():
-        assert g["trained"] and g["opset"] >= 17
+        assert g["trained"] == (name not in UNTRAINED) and g["opset"] >= 17
+        assert g["weights"]["status"] == ("untrained" if name in UNTRAINED else "trained"), (name, g["weights"])
+        if g["trained"]:
+            assert (bundle_dir / g["weights"]["record"]).is_file()
+        else:
+            assert "kinemesh bundle build" in g["weights"]["needs"]
         assert max(g["parity_max_abs"].values()) <= 1e-4, (name, g["parity_max_abs"])
         cfg = parse_pbtxt((bundle_dir / g["triton_config"]).read_text())
         assert cfg["name"] == name and cfg["backend"] == "onnxruntime" and cfg["max_batch_size"] >= 32

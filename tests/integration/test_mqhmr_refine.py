@@ -21,12 +21,12 @@ def test_query_refinement_lowers_the_reprojection_error(body_file: Path) -> None
     model = create_model("mqhmr_small", shape_dim=16).eval()
     with torch.no_grad():
         out = model(torch.randn(24, 3, 256, 192))
-    start = synthetic_start(model, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
+    start = synthetic_start(model.pose_head, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
     # the start really is what the model's own head gives for its tokens
     with torch.no_grad():
         assert torch.allclose(model.pose_head(start.tokens[:, :BODY_JOINTS]), start.body6d, atol=1e-4)
     head = [p.detach().clone() for p in model.pose_head.parameters()]
-    res = refine_queries(layer, model, start, data.keypoints, data.world, MQHMR_REFINE)
+    res = refine_queries(layer, model.pose_head, start, data.keypoints, data.world, MQHMR_REFINE)
     drop = 1 - float(res.reproj_after.mean()) / float(res.reproj_before.mean())
     assert drop >= 0.2, drop  # issue 5's target on the synthetic case
     assert res.objective[-1] < res.objective[0]
@@ -35,5 +35,5 @@ def test_query_refinement_lowers_the_reprojection_error(body_file: Path) -> None
         assert torch.allclose(model.pose_head(res.embeddings), res.params.body6d, atol=1e-5)
     assert torch.equal(res.params.shape, res.params.shape[:1].expand_as(res.params.shape))  # one body per track
     assert all(torch.equal(a, b) for a, b in zip(head, model.pose_head.parameters(), strict=True))  # frozen
-    still = refine_queries(layer, model, start, data.keypoints, data.world, RefineConfig(steps=0))
+    still = refine_queries(layer, model.pose_head, start, data.keypoints, data.world, RefineConfig(steps=0))
     assert torch.allclose(still.params.body6d, start.body6d)

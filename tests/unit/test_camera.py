@@ -107,3 +107,32 @@ def test_perspective_to_weak_agrees_at_the_model_origin() -> None:
     origin = torch.zeros(6, 1, 3)
     assert torch.allclose(weak_perspective(origin, weak), perspective(origin, translation, intr), atol=1e-5)
     assert torch.allclose(weak[:, 0], intr[:, 0] / -translation[:, 2])  # s = f / depth
+
+
+def test_person_crops_sample_the_box_at_the_crop_aspect() -> None:
+    """A frame whose red channel is x and green channel is y: each crop pixel holds where it was taken
+    from. The crop spans the box's height and 0.75 of it across, about the box centre; outside the
+    frame it is zero."""
+    from kinemesh.models.camera import person_crops
+
+    H, W = 120, 160
+    y, x = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    frame = np.stack([x * 255 // (W - 1), y * 255 // (H - 1), np.full_like(x, 255)], -1).astype(np.uint8)
+    images = torch.from_numpy(frame)[None].expand(2, -1, -1, -1)
+    center = torch.tensor([[80.0, 60.0], [150.0, 60.0]])  # the second box runs off the right edge
+    half = torch.tensor([40.0, 40.0])
+    crops = person_crops(images, center, half, size=(32, 24))  # (2, 3, 32, 24)
+    assert crops.shape == (2, 3, 32, 24) and crops.dtype == torch.float32
+    rows = (torch.arange(32) + 0.5) / 32 * 2 - 1
+    cols = (torch.arange(24) + 0.5) / 24 * 2 - 1
+    want_y = 60 + 40 * rows  # pixels
+    want_x = 80 + 40 * 0.75 * cols
+    got_x = crops[0, 0, 16] * 255 / (255 / (W - 1))  # red back to x along a middle row
+    got_y = crops[0, 1, :, 12] * 255 / (255 / (H - 1))
+    # pixel k covers [k, k + 1): the sample at continuous x reads pixel x - 0.5 (bilinear), 1 px of quantisation
+    assert torch.allclose(got_x, want_x - 0.5, atol=1.0), (got_x, want_x)
+    assert torch.allclose(got_y, want_y - 0.5, atol=1.0), (got_y, want_y)
+    right = 150 + 40 * 0.75 * cols  # second crop's columns in pixels; past x = 160 there is no frame
+    outside = right > W + 1
+    assert outside.any() and (crops[1, 2][:, outside] == 0).all()
+    assert (crops[1, 2][:, right < W - 1] > 0.99).all()

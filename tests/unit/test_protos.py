@@ -187,9 +187,10 @@ def test_field_types_match(compiled: Compiled, model: type[BaseModel]) -> None:
 
 
 def _assert_enum_mirrors(enum: typing.Any, values: typing.Iterable[str]) -> None:
-    """Proto enum `FooBar` has FOO_BAR_UNSPECIFIED = 0 and FOO_BAR_<VALUE> per string value."""
+    """Proto enum `FooBar` has FOO_BAR_UNSPECIFIED = 0 and FOO_BAR_<VALUE> per string value ("mq-hmr":
+    FOO_BAR_MQ_HMR)."""
     prefix = _upper_snake(enum.name)
-    expected = {f"{prefix}_UNSPECIFIED"} | {f"{prefix}_{v.upper()}" for v in values}
+    expected = {f"{prefix}_UNSPECIFIED"} | {f"{prefix}_{v.upper().replace('-', '_')}" for v in values}
     assert set(enum.values_by_name) == expected, enum.name
     assert enum.values_by_number[0].name == f"{prefix}_UNSPECIFIED", enum.name
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.routing import Route
 
 from kinemesh.services.common.auth import Principal, extract_key
+from kinemesh.services.common.bundle_check import check_bundle_dir
 from kinemesh.services.common.errors import (
     IdempotencyKeyInFlight,
     IdempotencyKeyReused,
@@ -82,10 +83,10 @@ def _options(query: dict[str, object], form: dict[str, object]) -> JobOptions:
 
 def _query_options(request: Request) -> dict[str, object]:
     q = request.query_params
-    out: dict[str, object] = {k: q[k] for k in ("target_fps", "max_people", "ik") if k in q}
+    out: dict[str, object] = {k: q[k] for k in ("target_fps", "max_people", "ik", "body_model") if k in q}
     if "outputs" in q:
         out["outputs"] = [o for v in q.getlist("outputs") for o in v.split(",") if o]
-    unknown = set(q) - {"target_fps", "max_people", "outputs", "ik"}
+    unknown = set(q) - {"target_fps", "max_people", "outputs", "ik", "body_model"}
     if unknown:
         raise InvalidRequest(f"unknown query parameters: {', '.join(sorted(unknown))}")
     return out
@@ -118,6 +119,8 @@ async def create_job(
         options = _options(query_opts, upload.options_json())
         if options.max_people > settings.max_people:
             raise InvalidRequest(f"max_people is at most {settings.max_people} on this server")
+        if "body" in options.outputs:  # a body model this deployment cannot serve: refused before queueing
+            await anyio.to_thread.run_sync(check_bundle_dir, settings.bundle_dir, options.body_model)
         return await _accept(svc, caller, upload, options, idempotency_key)
     finally:
         upload.path.unlink(missing_ok=True)

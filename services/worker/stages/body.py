@@ -1,9 +1,12 @@
-"""Body stage: keypoint tracks -> GenHMR body parameters -> 2D-informed refinement -> mesh.
+"""Body stage: keypoint tracks -> body parameters (GenHMR or MQ-HMR) -> 2D-informed refinement -> mesh.
 
-Per track, the frames where the person was seen are normalised to the person box, decoded by
-the exported masked transformer and token decoder through the worker's inference backend
-(ONNX Runtime in process), then refined in PyTorch over the whole track (embeddings, root
-orientation, camera, one shape). Outputs are in the camera frame of a pinhole camera with an
+Per track, the frames where the person was seen are normalised to the person box, then either
+(GenHMR, the default) decoded by the exported masked transformer and token decoder, or (MQ-HMR)
+cropped from the frames (aspect-preserving 256 x 192 around the person box, normalised as the bundle
+says) and run through the exported MQ-HMR graph, both through the worker's inference backend (ONNX
+Runtime in process); then refined in PyTorch over the whole track (GenHMR's token embeddings or
+MQ-HMR's joint query tokens, root orientation, camera, one shape). A body model whose graphs carry
+untrained weights is refused with `model_untrained` before any work. Outputs are in the camera frame of a pinhole camera with an
 assumed focal length of max(width, height) pixels: x right, y up, z towards the viewer (the
 camera looks down -z), metres.
 
@@ -13,6 +16,7 @@ S shape coefficients.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from dataclasses import dataclass
@@ -21,22 +25,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kinemesh.models.backends.ort import OrtBackend
+from kinemesh.models.backends import InferenceBackend, OrtBackend
 from kinemesh.models.body.assets import load_body_model
 from kinemesh.models.camera import (
     box_intrinsics,
     mediapipe_world_to_model,
     normalize_keypoints,
+    person_crops,
     weak_perspective,
 )
 from kinemesh.models.export.bundle import Bundle, BundleError, open_bundle
 from kinemesh.models.genhmr.decoding import BackendStepFn
 from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_rotations, predict_track
 from kinemesh.models.genhmr.refine import RefineConfig, refine_track
-from kinemesh.services.common.errors import ModelUnavailable
+from kinemesh.models.mqhmr.model import MQHMR_OUTPUTS, MQHMROutput, PoseHead
+from kinemesh.models.mqhmr.refine import MQHMR_REFINE, refine_queries
+from kinemesh.services.common.bundle_check import BODY_MODEL_GRAPHS, check_body_model
+from kinemesh.services.common.errors import InvalidRequest, ModelUnavailable
 from kinemesh.services.worker.artifacts_glb import animated_mesh_glb
 from kinemesh.services.worker.stages.base import (
     ClipMeta,
+    DecodedVideo,
     KeypointTracks,
     NullContext,
     PoseObservation,
@@ -77,45 +86,68 @@ class BodyResult:
 
 
 class BodyStage:
-    """Loads a bundle once (graphs into the backend, tokenizer and body model into PyTorch)."""
+    """Loads a bundle once (graphs into the backend, tokenizer and body model into PyTorch). It serves
+    every body model whose graphs the bundle holds with trained weights (`servable`); at least one."""
 
     name = STAGE
 
     def __init__(self, bundle_dir: Path | str, refine: RefineConfig | None = None, iterations: int | None = None,
-                 backend: OrtBackend | None = None, threads: int = 0, decode_rate_hz: float = 15.0) -> None:
+                 backend: InferenceBackend | None = None, threads: int = 0, decode_rate_hz: float = 15.0) -> None:
         try:
             self.bundle: Bundle = open_bundle(bundle_dir)
         except BundleError as exc:
             raise ModelUnavailable(f"body bundle: {exc}") from exc
         m = self.bundle.manifest
-        untrained = [g for g, e in m["graphs"].items() if not e.get("trained")]
-        if untrained:
-            raise ModelUnavailable(f"bundle {self.bundle.root} has untrained graphs {untrained}; "
-                                   "load a trained checkpoint before serving it")
+        refused: dict[str, str] = {}
+        for body_model in BODY_MODEL_GRAPHS:
+            try:
+                check_body_model(m, body_model, str(self.bundle.root))
+            except ModelUnavailable as exc:
+                refused[body_model] = exc.detail
+        self.servable = [b for b in BODY_MODEL_GRAPHS if b not in refused]
+        if not self.servable:
+            raise ModelUnavailable(f"bundle {self.bundle.root} serves no body model: {'; '.join(refused.values())}")
         self.refine_config = refine or RefineConfig()
         # With refinement on, tokens are decoded for keyframes at about this rate and the frames
         # between start from the nearest keyframe (see `predict_track`); without it, every frame.
         self.decode_rate_hz = decode_rate_hz
-        self.iterations = iterations or m["decoding"]["iterations"]
+        self.iterations = iterations or m.get("decoding", {}).get("iterations", 5)
         self.backend = backend or OrtBackend(intra_op_threads=threads)
-        for graph in ("genhmr_step", "tokenizer_decode"):
-            self.backend.load(graph, self.bundle.graph_path(graph))
-        step_cfg = m["graphs"]["genhmr_step"]["config"]
-        on_cpu = getattr(self.backend, "providers", ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
-        self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"], step_cfg["codebook_size"],
-                                     max_batch=CPU_STEP_BATCH if on_cpu else None)
-        self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
-        self.tokenizer = self.bundle.load_tokenizer()
+        if "genhmr" in self.servable:
+            for graph in ("genhmr_step", "tokenizer_decode"):
+                self.backend.load(graph, self.bundle.graph_path(graph))
+            step_cfg = m["graphs"]["genhmr_step"]["config"]
+            on_cpu = getattr(self.backend, "providers", ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
+            self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"],
+                                         step_cfg["codebook_size"], max_batch=CPU_STEP_BATCH if on_cpu else None)
+            self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
+            self.tokenizer = self.bundle.load_tokenizer()
         self.layer = load_body_model(self.bundle.path(m["body_model"]["file"]),
                                      num_shape=m["body_model"]["shape_components"])
         self.layer.skeleton(torch.eye(3).expand(1, 24, 3, 3), torch.zeros(1, self.layer.config.num_shape),
                             torch.zeros(1, 3))  # build the skeleton bases now, not in the first job
         self._lock = threading.Lock()  # PyTorch refinement: one job at a time per stage
+        self._mqhmr: PoseHead | None = None  # loaded on the first MQ-HMR job (`require`)
+
+    def require(self, body_model: str) -> None:
+        """Fail with a typed error, before any work, unless this bundle can serve `body_model`
+        (ModelUntrained names the checkpoint an untrained graph needs); load what it needs."""
+        if body_model not in BODY_MODEL_GRAPHS:
+            raise InvalidRequest(f"unknown body_model {body_model!r}; known: {sorted(BODY_MODEL_GRAPHS)}")
+        check_body_model(self.bundle.manifest, body_model, str(self.bundle.root))
+        if body_model == "mq-hmr" and self._mqhmr is None:
+            self.backend.load("mqhmr", self.bundle.graph_path("mqhmr"))
+            entry = self.bundle.manifest["torch"]["mqhmr_pose_head"]
+            head = PoseHead(int(entry["dim"]))
+            head.load_state_dict(torch.load(self.bundle.path(entry["file"]), weights_only=True))
+            self._mqhmr = head.eval().requires_grad_(False)
 
     def warm_up(self, frames: int = 32) -> None:
         """Run the whole stage once on a synthetic track: the first call of ONNX Runtime, the
-        autograd graph and the mesh writers costs ~2 s that no job should pay."""
-        self.run(self.rest_pose_track(frames), NullContext())
+        autograd graph and the mesh writers costs ~2 s that no job should pay (GenHMR's path; an
+        MQ-HMR-only bundle has no frames to crop here and warms up on its first job)."""
+        if "genhmr" in self.servable:
+            self.run(self.rest_pose_track(frames), NullContext())
 
     def rest_pose_track(self, frames: int) -> KeypointTracks:
         """A still person in the body model's rest pose, projected into an 800 x 800 frame."""
@@ -135,19 +167,28 @@ class BodyStage:
     def body_model_name(self) -> str:
         return str(self.bundle.manifest["body_model"]["id"])
 
-    def run(self, tracks: KeypointTracks, ctx: StageContext, meshes: bool = True) -> BodyResult:
+    def run(self, tracks: KeypointTracks, ctx: StageContext, meshes: bool = True, body_model: str = "genhmr",
+            video: DecodedVideo | None = None) -> BodyResult:
+        """Bodies for every track. MQ-HMR (`body_model="mq-hmr"`) reads the person crops from `video`,
+        the clip the tracks came from (decoded again, frame by frame)."""
+        self.require(body_model)
         meta = tracks.meta
         focal = float(max(meta.width, meta.height))
         per_track: dict[int, list[tuple[int, float, object]]] = {}
         for f in tracks.frames:
             for tid, obs in f.people:
                 per_track.setdefault(tid, []).append((f.index, f.timestamp_s, obs))
+        crops: dict[int, np.ndarray] = {}
+        if body_model == "mq-hmr":
+            if video is None:
+                raise ValueError("body_model='mq-hmr' reads person crops: pass the decoded video")
+            crops = self._crops(video, per_track)
         total = sum(len(v) for v in per_track.values()) or 1
         done = 0
         out: list[TrackBodies] = []
         for tid, rows in sorted(per_track.items()):
             ctx.check_cancelled()
-            body = self._track(tid, rows, meta.width, meta.height, focal, meta.target_fps)
+            body = self._track(tid, rows, meta.width, meta.height, focal, meta.target_fps, crops.get(tid))
             out.append(body)
             done += len(rows)
             ctx.progress(STAGE, done / total)
@@ -161,24 +202,69 @@ class BodyStage:
             return 1
         return max(1, round(fps / self.decode_rate_hz))
 
-    def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float) -> TrackBodies:
+    def _crops(self, video: DecodedVideo, per_track: dict[int, list]) -> dict[int, np.ndarray]:
+        """Each track's person crops (T, 3, h, w) uint8, frame by frame as the track has them: the clip
+        decoded once more, each person's box (`person_box`) cut out of its frame."""
+        entry = self.bundle.manifest["graphs"]["mqhmr"]["preprocessing"]
+        size = tuple(entry["crop"])
+        wanted: dict[int, list[tuple[int, int, object]]] = {}  # frame index -> (track, row, observation)
+        for tid, rows in per_track.items():
+            for k, (index, _, obs) in enumerate(rows):
+                wanted.setdefault(int(index), []).append((tid, k, obs))
+        out = {tid: np.zeros((len(rows), 3, *size), np.uint8) for tid, rows in per_track.items()}
+        for batch in video.batches():
+            for j, index in enumerate(batch.indices):
+                people = wanted.get(int(index), [])
+                if not people:
+                    continue
+                xy = torch.from_numpy(np.stack([o.landmarks_2d for _, _, o in people]).astype(np.float32))
+                conf = torch.from_numpy(np.stack([o.visibility for _, _, o in people]).astype(np.float32))
+                norm = normalize_keypoints(xy, conf)
+                frame = torch.from_numpy(batch.images[j]).expand(len(people), -1, -1, -1)
+                crop = (person_crops(frame, norm.center, norm.half, size) * 255).round().to(torch.uint8)
+                for (tid, k, _), c in zip(people, crop.numpy(), strict=True):
+                    out[tid][k] = c
+        return out
+
+    def _mqhmr_outputs(self, crops: np.ndarray) -> MQHMROutput:
+        """Crops (T, 3, h, w) uint8 -> MQ-HMR's outputs through the backend, CHUNK frames a call."""
+        pre = self.bundle.manifest["graphs"]["mqhmr"]["preprocessing"]
+        mean = np.asarray(pre["mean"], np.float32)[None, :, None, None]
+        std = np.asarray(pre["std"], np.float32)[None, :, None, None]
+        parts = []
+        for i in range(0, len(crops), CHUNK):
+            image = ((crops[i:i + CHUNK].astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+            out = self.backend.run("mqhmr", {"image": image})
+            parts.append([torch.from_numpy(np.asarray(out[name])) for name in MQHMR_OUTPUTS])
+        return MQHMROutput(*(torch.cat(t) for t in zip(*parts, strict=True)))
+
+    def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float,
+               crops: np.ndarray | None = None) -> TrackBodies:
         obs = [r[2] for r in rows]
         xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32))  # (T, L, 2)
         conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32))  # (T, L)
         world = mediapipe_world_to_model(torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32)))
         norm = normalize_keypoints(xy, conf)
         frame_index = torch.tensor([r[0] for r in rows], dtype=torch.int64)  # (T,) gaps where the person was unseen
-        init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
-                             stride=self.decode_stride(fps), chunk=CHUNK, frame_index=frame_index)
+        if crops is None:
+            init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
+                                 stride=self.decode_stride(fps), chunk=CHUNK, frame_index=frame_index)
+        else:
+            queries = self._mqhmr_outputs(crops)
         # pinhole camera: focal = the frame's longer side (about a 53 degree field of view), centred
         intr = box_intrinsics(focal, torch.tensor([width / 2, height / 2]), norm.center, norm.half)  # (T, 3)
         refined, placed, before, after = [], [], [], []
         with self._lock:
             for i in range(0, len(obs), REFINE_WINDOW):
                 sl = slice(i, i + REFINE_WINDOW)
-                res = refine_track(self.layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
-                                   BodyParams(*(t[sl] for t in init)), norm.keypoints[sl], world[sl],
-                                   self.refine_config, intrinsics=intr[sl], frame_index=frame_index[sl])
+                if crops is None:
+                    res = refine_track(self.layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
+                                       BodyParams(*(t[sl] for t in init)), norm.keypoints[sl], world[sl],
+                                       self.refine_config, intrinsics=intr[sl], frame_index=frame_index[sl])
+                else:
+                    config = dataclasses.replace(MQHMR_REFINE, steps=self.refine_config.steps)
+                    res = refine_queries(self.layer, self._mqhmr, MQHMROutput(*(t[sl] for t in queries)),
+                                         norm.keypoints[sl], world[sl], config, intr[sl], frame_index[sl])
                 refined.append(res.params)
                 placed.append(res.translation)
                 before.append(res.reproj_before)

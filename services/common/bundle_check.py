@@ -1,0 +1,44 @@
+"""Which graphs each body model needs, and whether a bundle can serve a job's choice: read from the
+bundle's manifest alone (JSON; no torch), so the gateway can refuse a job before it is queued and the
+worker again before it starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kinemesh.services.common.errors import ModelUnavailable, ModelUntrained
+
+# JobOptions.body_model -> the bundle graphs it runs (the first names the architecture)
+BODY_MODEL_GRAPHS: dict[str, tuple[str, ...]] = {
+    "genhmr": ("genhmr_step", "tokenizer_decode"),
+    "mq-hmr": ("mqhmr",),
+}
+
+
+def check_body_model(manifest: dict[str, Any], body_model: str, where: str) -> None:
+    """Raise ModelUnavailable when the bundle (`where`, for the message) lacks a graph `body_model`
+    needs, ModelUntrained when one has random weights (its `needs` names the checkpoint)."""
+    graphs = manifest.get("graphs", {})
+    for graph in BODY_MODEL_GRAPHS[body_model]:
+        entry = graphs.get(graph)
+        if entry is None:
+            raise ModelUnavailable(f"body_model={body_model}: bundle {where} has no graph {graph!r}")
+        weights = entry.get("weights") or {"status": "trained" if entry.get("trained") else "untrained"}
+        if weights["status"] == "untrained":
+            needs = weights.get("needs", "a trained checkpoint")
+            raise ModelUntrained(
+                f"body_model={body_model}: graph {graph!r} ({entry.get('architecture')}) in bundle {where} has "
+                f"untrained weights (random initialisation, for tests and benchmarks only); it needs {needs}",
+                graph=graph, architecture=entry.get("architecture"), checkpoint=needs)
+
+
+def check_bundle_dir(bundle_dir: Path, body_model: str) -> None:
+    """`check_body_model` on the bundle at `bundle_dir` when its manifest is readable here; nothing
+    when it is not (a gateway without the model volume leaves the check to the worker)."""
+    try:
+        manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return
+    check_body_model(manifest, body_model, str(bundle_dir))
