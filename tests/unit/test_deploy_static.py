@@ -446,7 +446,8 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
 def test_k8s_manifests_parse() -> None:
     docs = _k8s_documents()
     kinds = sorted(d["kind"] for _, d in docs)
-    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Kustomization", "ScaledObject", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Kustomization", "ScaledObject",
+                     "Service", "Service"]
     for filename, doc in docs:
         assert doc.get("apiVersion"), filename
         if doc["kind"] != "Kustomization":
@@ -465,7 +466,7 @@ def test_k8s_manifests_match_kubernetes_schemas() -> None:
         except kubernetes_validate.ValidationError as e:
             pytest.fail(f"{filename} {doc['kind']}: {'.'.join(map(str, e.path))}: {e.message}")
         checked.append(doc["kind"])
-    assert sorted(checked) == ["ConfigMap", "Deployment", "Deployment", "Service"]
+    assert sorted(checked) == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Service", "Service"]
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -553,3 +554,36 @@ def test_every_deploy_file_uses_the_settings_queue() -> None:
     for argv in (compose_argv, k8s_argv, image_argv):
         assert _contains_run(argv, ["-Q", QUEUE]), argv
     assert _k8s("ScaledObject", "kinemesh-worker")["spec"]["triggers"][0]["metadata"]["listName"] == QUEUE
+
+
+def _load_models(argv: list[str]) -> list[str]:
+    return [a.removeprefix("--load-model=") for a in argv if a.startswith("--load-model=")]
+
+
+def test_triton_in_compose_and_k8s_serves_the_bundle() -> None:
+    """Compose (profile `triton`) and the k8s Deployment run NVIDIA's Triton on one GPU over the bundle
+    folder, read-only, loading the same graphs explicitly; the worker's setting points at them."""
+    triton = _service("triton")
+    assert triton["profiles"] == ["triton"]
+    assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    assert "--model-control-mode=explicit" in triton["command"] and "--model-repository=/models" in triton["command"]
+    (volume,) = triton["volumes"]
+    assert volume.endswith(":/models:ro")
+    (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["count"] == 1
+    assert "v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert _environment(_service("worker"))["KINEMESH_TRITON_URL"] == "triton:8001"
+    deployment = _k8s("Deployment", "kinemesh-triton")
+    container = _container(deployment)
+    assert container["image"] == triton["image"]
+    assert _load_models(container["args"]) == _load_models(triton["command"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"] == _container(_k8s("Deployment", "kinemesh-worker"))["image"]
+    assert "/models/bundle/default/." in init["command"]
+    service = _k8s("Service", "kinemesh-triton")
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    settings = _k8s("ConfigMap", "kinemesh-settings")["data"]
+    assert settings["KINEMESH_TRITON_URL"] == f"{service['metadata']['name']}:{grpc['port']}"
+    assert settings["KINEMESH_INFERENCE_BACKEND"] in ("onnxruntime", "triton")
