@@ -16,6 +16,8 @@ to width D. Attention goes through `scaled_dot_product_attention`, which both ON
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -123,3 +125,26 @@ class SimpleFeaturePyramid(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [level(x) for level in self.levels]  # each (B, D, h*s, w*s)
+
+
+@dataclass
+class ViTConfig:
+    image_height: int = 256  # H: person crop height, pixels
+    image_width: int = 192  # W: person crop width
+    patch: int = 16  # patch size (16 x 12 tokens at 256 x 192)
+    dim: int = 192  # C: width (ViT-H: 1280)
+    depth: int = 4  # blocks (ViT-H: 32)
+    heads: int = 3  # attention heads (ViT-H: 16)
+    mlp_ratio: float = 4.0  # MLP hidden width over the width
+
+
+class ViTTokens(VisionTransformer):
+    """The backbone as an export graph: crops (B, 3, H, W) -> patch tokens (B, h*w, C), what the
+    image-conditioned GenHMR cross-attends to (its `image_tokens`)."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__((cfg.image_height, cfg.image_width), cfg.patch, cfg.dim, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.cfg = cfg
+
+    def forward(self, image: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(image)[0]

@@ -28,9 +28,11 @@ What a graph's weights are (`weights` in its manifest entry; `trained` is false 
     {"status": "checkpoint", "file": <the operator's file>, "sha256": ...}
 
     python -m kinemesh.models.export.bundle build --config paper --weights DIR --out var/models/bundle/paper
-builds a bundle of one size ("small" or "paper") from operator checkpoints in DIR (`CHECKPOINT_FILES`,
-safetensors or PyTorch; names as in `checkpoints.py`): each graph whose file is there is loaded
-(a tensor of the wrong shape fails the build, naming it), the others are exported untrained.
+builds a bundle of one size ("small" or "paper") from operator checkpoints in DIR (`CHECKPOINT_FILES`:
+mqhmr, vit_backbone, genhmr and pose_tokenizer, each .safetensors or a PyTorch file; names as in
+`checkpoints.py`): MQ-HMR, and the image-conditioned GenHMR (the ViT backbone graph, whose tokens
+its decoding step cross-attends to, and the tokenizer's graphs). Each part whose file is there is
+loaded (a tensor of the wrong shape fails the build, naming it), the others are exported untrained.
 """
 
 from __future__ import annotations
@@ -72,8 +74,15 @@ MQHMR_CROP = (256, 192)  # person crop height x width the MQ-HMR graphs take
 # ImageNet statistics (RGB, 0-1 pixels), as the ViT backbones the papers start from were trained with
 CROP_MEAN, CROP_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The checkpoint file each graph of a config bundle loads (stem; .safetensors, .pt, .pth, .ckpt or .bin)
-CHECKPOINT_FILES = {"mqhmr": "mqhmr"}
-CONFIG_PRESETS = {"small": {"mqhmr": "mqhmr_small"}, "paper": {"mqhmr": "mqhmr_paper"}}
+# The checkpoint file (stem) each part of a config bundle loads; the tokenizer's serves its three graphs
+CHECKPOINT_FILES = {"mqhmr": "mqhmr", "vit_backbone": "vit_backbone", "genhmr_step": "genhmr",
+                    "tokenizer": "pose_tokenizer"}
+CONFIG_PRESETS = {
+    "small": {"mqhmr": "mqhmr_small", "vit_backbone": "vit_small_256x192", "genhmr_step": "genhmr_image_small",
+              "tokenizer": "pose_tokenizer_small"},
+    "paper": {"mqhmr": "mqhmr_paper", "vit_backbone": "vit_h16_256x192", "genhmr_step": "genhmr_paper",
+              "tokenizer": "pose_tokenizer_paper"},
+}
 # Opset 20 has a native Gelu: ONNX Runtime runs it as one kernel where opset 17's erf expansion is five
 # (the decoding step ~5 % faster on a 2-core CPU, same outputs within 1e-5). Triton's onnxruntime
 # backend has read opset 20 since ONNX Runtime 1.16.
@@ -106,16 +115,19 @@ def untrained(preset: str, graph: str, config: str, note: str = "") -> dict[str,
                      f"build with `kinemesh bundle build --config {config} --weights DIR`{note}"}
 
 
-def mqhmr_entry(preset: str, overrides: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:
-    """Manifest metadata of an MQ-HMR graph: architecture, config, crop preprocessing, weights."""
+def graph_entry(preset: str, overrides: dict[str, Any], weights: dict[str, Any], crops: bool = False) -> dict[str, Any]:
+    """Manifest metadata of a graph: architecture, config, weights, and for the graphs that take person
+    crops (MQ-HMR, the ViT backbone) the crop preprocessing."""
     from kinemesh.models.registry import model_config
 
-    return {"architecture": preset, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                                               model_config(preset, **overrides).__dict__.items()},
-            "preprocessing": {"crop": list(MQHMR_CROP), "mean": list(CROP_MEAN), "std": list(CROP_STD),
-                              "layout": "RGB, NCHW, (pixel / 255 - mean) / std, aspect-preserving crop around the "
-                                        "keypoint box"},
-            "weights": weights}
+    entry = {"architecture": preset, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                                                model_config(preset, **overrides).__dict__.items()},
+             "weights": weights}
+    if crops:
+        entry["preprocessing"] = {"crop": list(MQHMR_CROP), "mean": list(CROP_MEAN), "std": list(CROP_STD),
+                                  "layout": "RGB, NCHW, (pixel / 255 - mean) / std, aspect-preserving crop around "
+                                            "the keypoint box"}
+    return entry
 
 
 def load_trained(weights: Path) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
@@ -163,8 +175,8 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
     torch.manual_seed(0)
     mq = create_model("mqhmr_small", shape_dim=shape_dim)
     graphs["mqhmr"] = (mq, {"image": torch.randn(2, 3, *MQHMR_CROP)}, list(MQHMR_OUTPUTS), None)
-    meta["mqhmr"] = mqhmr_entry("mqhmr_small", {"shape_dim": shape_dim},
-                                untrained("mqhmr_small", "mqhmr", "small", f" (shape_dim {shape_dim})"))
+    meta["mqhmr"] = graph_entry("mqhmr_small", {"shape_dim": shape_dim},
+                                untrained("mqhmr_small", "mqhmr", "small", f" (shape_dim {shape_dim})"), crops=True)
     entries = _export_graphs(tmp, graphs, meta)
     (tmp / "torch").mkdir()
     shutil.copy2(weights / "pose_tokenizer.pt", tmp / "torch" / "pose_tokenizer.pt")
@@ -177,14 +189,7 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
         "torch": {"pose_tokenizer": {"file": "torch/pose_tokenizer.pt", "preset": record["tokenizer"]["preset"],
                                      "overrides": record["tokenizer"]["overrides"]},
                   "mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim}},
-        "preprocessing": {"keypoints": "BlazePose 33 landmarks, (x, y) normalised to a square person box "
-                                       "(centre of the confident landmarks' extent, half-side = margin * extent / 2), "
-                                       "plus confidence", "box_margin": BOX_MARGIN,
-                          "box_min_confidence": MIN_CONFIDENCE,
-                          "camera": "weak perspective (s, tx, ty): u = s (X + tx), v = s (-Y + ty)"},
-        "decoding": {"iterations": 5, "schedule": "cosine"},
-        "joint_names": list(SMPL_JOINTS), "body_pose_joints": list(SMPL_JOINTS[1:22]),
-        "landmark_names": list(BLAZEPOSE_LANDMARKS),
+        **_keypoint_conventions(),
     }
     return _finish(tmp, out, manifest)
 
@@ -197,29 +202,72 @@ def build_config_bundle(config: str, weights: Path, body: Path, out: Path, name:
     the body model's shape coefficients the graphs predict (10, as the default bundle's)."""
     if config not in CONFIG_PRESETS:
         raise BundleError(f"unknown bundle config {config!r}; known: {sorted(CONFIG_PRESETS)}")
+    presets = CONFIG_PRESETS[config]
+    batch = 1 if config == "paper" else 2  # the paper graphs are traced (and parity-checked) at batch 1
+
+    def loaded(part: str, **overrides: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The part's model with the operator's weights when DIR has them (else random, marked)."""
+        torch.manual_seed(0)
+        model = create_model(presets[part], **overrides)
+        found = _checkpoint_file(weights, part)
+        if found is None:
+            note = f" (shape_dim {shape_dim})" if "shape_dim" in overrides else ""
+            return model, untrained(presets[part], part, config, note)
+        load_checkpoint(model, read_checkpoint(found), name=found.name)
+        return model, {"status": "checkpoint", "file": found.name, "sha256": sha256_file(found)}
+
+    mq, mq_weights = loaded("mqhmr", shape_dim=shape_dim)
+    vit, vit_weights = loaded("vit_backbone")
+    step, step_weights = loaded("genhmr_step", shape_dim=shape_dim)
+    tok, tok_weights = loaded("tokenizer")
+    if (step.cfg.num_tokens, step.cfg.codebook_size) != (tok.cfg.num_tokens, tok.cfg.codebook_size):
+        raise BundleError(f"{presets['genhmr_step']} and {presets['tokenizer']} disagree on tokens and codebook")
+    N, K, D, J = tok.cfg.num_tokens, tok.cfg.codebook_size, tok.cfg.code_dim, tok.cfg.joints
+    c = step.cfg
+    graphs: dict[str, tuple] = {
+        "mqhmr": (mq, {"image": torch.randn(batch, 3, *MQHMR_CROP)}, list(MQHMR_OUTPUTS), None),
+        "vit_backbone": (vit, {"image": torch.randn(batch, 3, *MQHMR_CROP)}, ["image_tokens"], None),
+        "genhmr_step": (MaskedPoseStepGraph(step), {
+            "token_ids": torch.randint(0, K + 1, (batch, N)), "keypoints": torch.rand(batch, 33, 3),
+            "image_tokens": torch.randn(batch, c.image_tokens, c.image_dim)},
+            list(MaskedPoseStepGraph.output_names), {"token_ids": (0, K + 1)}),
+        "tokenizer_decode": (TokenizerIndexDecoderGraph(tok), {"indices": torch.randint(0, K, (batch, N))},
+                             ["rot6d"], {"indices": (0, K)}),
+        "tokenizer_decode_embeddings": (TokenizerEmbeddingDecoderGraph(tok), {"embeddings": torch.randn(batch, N, D)},
+                                        ["rot6d"], None),
+        "tokenizer_encode": (TokenizerEncoderGraph(tok), {"rot6d": torch.randn(batch, J, 6)}, ["indices", "z_e"],
+                             None),
+    }
+    meta = {"mqhmr": graph_entry(presets["mqhmr"], {"shape_dim": shape_dim}, mq_weights, crops=True),
+            "vit_backbone": graph_entry(presets["vit_backbone"], {}, vit_weights, crops=True),
+            "genhmr_step": graph_entry(presets["genhmr_step"], {"shape_dim": shape_dim}, step_weights),
+            **{g: graph_entry(presets["tokenizer"], {}, tok_weights)
+               for g in ("tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode")}}
     tmp = _fresh(out)
-    graphs: dict[str, tuple] = {}
-    meta: dict[str, dict[str, Any]] = {}
-    preset = CONFIG_PRESETS[config]["mqhmr"]
-    torch.manual_seed(0)
-    mq = create_model(preset, shape_dim=shape_dim)
-    found = _checkpoint_file(weights, "mqhmr")
-    if found is None:
-        status = untrained(preset, "mqhmr", config, f" (shape_dim {shape_dim})")
-    else:
-        load_checkpoint(mq, read_checkpoint(found), name=found.name)
-        status = {"status": "checkpoint", "file": found.name, "sha256": sha256_file(found)}
-    graphs["mqhmr"] = (mq, {"image": torch.randn(1 if config == "paper" else 2, 3, *MQHMR_CROP)},
-                       list(MQHMR_OUTPUTS), None)
-    meta["mqhmr"] = mqhmr_entry(preset, {"shape_dim": shape_dim}, status)
     entries = _export_graphs(tmp, graphs, meta, parity_batch_sizes=(1,) if config == "paper" else (1, 5))
     (tmp / "torch").mkdir()
     torch.save(mq.pose_head.state_dict(), tmp / "torch" / "mqhmr_pose_head.pt")
+    torch.save(tok.state_dict(), tmp / "torch" / "pose_tokenizer.pt")
     manifest = {**_header(name or config, version, entries, tmp, body, shape_dim),
-                "torch": {"mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim}},
-                "joint_names": list(SMPL_JOINTS), "body_pose_joints": list(SMPL_JOINTS[1:22]),
-                "landmark_names": list(BLAZEPOSE_LANDMARKS)}
+                "torch": {"mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim},
+                          "pose_tokenizer": {"file": "torch/pose_tokenizer.pt", "preset": presets["tokenizer"],
+                                             "overrides": {}}},
+                **_keypoint_conventions()}
     return _finish(tmp, out, manifest)
+
+
+def _keypoint_conventions() -> dict[str, Any]:
+    """The manifest's keypoint preprocessing, decoding schedule and joint and landmark orders."""
+    return {
+        "preprocessing": {"keypoints": "BlazePose 33 landmarks, (x, y) normalised to a square person box "
+                                       "(centre of the confident landmarks' extent, half-side = margin * extent / 2), "
+                                       "plus confidence", "box_margin": BOX_MARGIN,
+                          "box_min_confidence": MIN_CONFIDENCE,
+                          "camera": "weak perspective (s, tx, ty): u = s (X + tx), v = s (-Y + ty)"},
+        "decoding": {"iterations": 5, "schedule": "cosine"},
+        "joint_names": list(SMPL_JOINTS), "body_pose_joints": list(SMPL_JOINTS[1:22]),
+        "landmark_names": list(BLAZEPOSE_LANDMARKS),
+    }
 
 
 def _checkpoint_file(folder: Path, graph: str) -> Path | None:

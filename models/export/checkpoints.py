@@ -118,8 +118,13 @@ def load_checkpoint(model: nn.Module, state: Mapping[str, Tensor], *, name: str 
     every tensor the model has must be there with the model's shape (a ViT layout's position
     embeddings with a class-token slot fit). Raises CheckpointError naming the first tensor whose
     shape differs (with both shapes), or the missing and unexpected names. Returns the model."""
-    mapped = vit_layout(state) if any(k.startswith("backbone.") for k in model.state_dict()) else dict(state)
     own = model.state_dict()
+    if "backbone.patch_embed.weight" in own:  # a model with a ViT inside (MQ-HMR)
+        mapped = vit_layout(state, "backbone.")
+    elif "patch_embed.weight" in own:  # the ViT itself (the image-conditioned GenHMR's backbone graph)
+        mapped = vit_layout(state, "")
+    else:
+        mapped = dict(state)
     for key, t in list(mapped.items()):
         if key.endswith("pos_embed") and key in own and t.dim() == 3 and t.shape[1] == own[key].shape[1] + 1:
             mapped[key] = t[:, 1:]  # the class token's position (timm / ViTPose layout)

@@ -48,6 +48,12 @@ def genhmr_keypoints_small(config: MaskedPoseTransformerConfig) -> MaskedPoseTra
     return MaskedPoseTransformer(config)
 
 
+@register_model("genhmr_image_small", MaskedPoseTransformerConfig, image_dim=192, image_tokens=192)
+def genhmr_image_small(config: MaskedPoseTransformerConfig) -> MaskedPoseTransformer:
+    """The small model with an image condition: cross-attention to "vit_small_256x192"'s 192 tokens."""
+    return MaskedPoseTransformer(config)
+
+
 # Transformer sizes follow HMR2.0/TokenHMR's transformer head (depth 6, width 1024, 8 heads), which
 # GenHMR builds on; the GenHMR paper's own widths are not in our notes. The ViT-H backbone is not part
 # of this module: image_tokens arrive as its (B, 192, 1280) output.

@@ -75,20 +75,24 @@ def segments(frame_index: Tensor | np.ndarray | None, length: int) -> list[slice
 
 
 def predict_track(step_fn: StepFn, decoder: Any, keypoints: Tensor, iterations: int = 5, stride: int = 1,
-                  chunk: int = 256, frame_index: Tensor | np.ndarray | None = None) -> BodyParams:
+                  chunk: int = 256, frame_index: Tensor | np.ndarray | None = None,
+                  image_tokens: Any = None) -> BodyParams:
     """Decode one track's frames (T, L, 3): every `stride`-th frame and the last one through
     `predict_bodies` (in chunks of `chunk` frames); the frames between take the nearest decoded
     frame's parameters. The refinement starts from a temporally smoothed copy and fits every frame
     to its own keypoints, so at stride 2 (30 fps) it loses little and the decoding halves.
     With `frame_index` (T,), each run of consecutive frames gets its own keyframes (its first and
-    last among them), so no frame borrows a body from the other side of a gap."""
+    last among them), so no frame borrows a body from the other side of a gap. `image_tokens`, for an
+    image-conditioned model: a function from the rows of a chunk of keyframes (K,) int64 to their
+    image tokens (K, T, C), so that only keyframes go through the image backbone."""
     if stride < 1:
         raise ValueError("stride must be at least 1")
     T = keypoints.shape[0]
     runs = segments(frame_index, T)
     keys = torch.unique(torch.cat([torch.arange(r.start, r.stop, stride) for r in runs]
                                   + [torch.tensor([r.stop - 1]) for r in runs]))  # (K,) sorted
-    parts = [predict_bodies(step_fn, decoder, keypoints[keys[i:i + chunk]], iterations)
+    parts = [predict_bodies(step_fn, decoder, keypoints[keys[i:i + chunk]], iterations,
+                            None if image_tokens is None else image_tokens(keys[i:i + chunk]))
              for i in range(0, len(keys), chunk)]
     decoded = BodyParams(*(torch.cat(t) for t in zip(*parts, strict=True)))
     if len(keys) == T:

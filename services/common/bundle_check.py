@@ -15,13 +15,27 @@ BODY_MODEL_GRAPHS: dict[str, tuple[str, ...]] = {
     "genhmr": ("genhmr_step", "tokenizer_decode"),
     "mq-hmr": ("mqhmr",),
 }
+IMAGE_BACKBONE = "vit_backbone"  # what an image-conditioned GenHMR step takes its image tokens from
+
+
+def image_conditioned(manifest: dict[str, Any]) -> bool:
+    """Whether the bundle's GenHMR step cross-attends to image tokens (then it needs the backbone graph
+    and person crops)."""
+    step = manifest.get("graphs", {}).get("genhmr_step", {})
+    return any(t["name"] == "image_tokens" for t in step.get("inputs", []))
+
+
+def graphs_for(manifest: dict[str, Any], body_model: str) -> tuple[str, ...]:
+    """The bundle graphs `body_model` runs on this bundle."""
+    extra = (IMAGE_BACKBONE,) if body_model == "genhmr" and image_conditioned(manifest) else ()
+    return BODY_MODEL_GRAPHS[body_model] + extra
 
 
 def check_body_model(manifest: dict[str, Any], body_model: str, where: str) -> None:
     """Raise ModelUnavailable when the bundle (`where`, for the message) lacks a graph `body_model`
     needs, ModelUntrained when one has random weights (its `needs` names the checkpoint)."""
     graphs = manifest.get("graphs", {})
-    for graph in BODY_MODEL_GRAPHS[body_model]:
+    for graph in graphs_for(manifest, body_model):
         entry = graphs.get(graph)
         if entry is None:
             raise ModelUnavailable(f"body_model={body_model}: bundle {where} has no graph {graph!r}")

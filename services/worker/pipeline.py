@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kinemesh.models.backends import BackendUnavailable, InferenceBackend, OrtBackend, TritonBackend
 from kinemesh.models.genhmr.refine import RefineConfig
-from kinemesh.services.common.bundle_check import BODY_MODEL_GRAPHS
+from kinemesh.services.common.bundle_check import graphs_for
 from kinemesh.services.common.errors import InferenceUnavailable
 from kinemesh.services.common.schemas import BodyModelInfo, ClipInfo, JobOptions, KinemeshResult, StageTiming
 from kinemesh.services.common.settings import Settings
@@ -88,7 +88,7 @@ class Pipeline:
     @staticmethod
     def body_model_info(stage: BodyStage, focal_px: float, body_model: str = "genhmr") -> BodyModelInfo:
         m = stage.bundle.manifest
-        graphs = [m["graphs"][g] for g in BODY_MODEL_GRAPHS[body_model]]
+        graphs = [m["graphs"][g] for g in graphs_for(m, body_model)]
         return BodyModelInfo(
             name=stage.body_model_name, pose_model=graphs[0]["architecture"],
             bundle=f"{m['name']}@{m['version']}", trained=all(g["trained"] for g in graphs),

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from kinemesh.models.export.bundle import open_bundle, sha256_file
 from kinemesh.models.registry import create_model
 from kinemesh.services.client import ApiError, Client
-from kinemesh.services.common.errors import ModelUnavailable, ModelUntrained
+from kinemesh.services.common.errors import ModelUntrained
 from kinemesh.services.common.schemas import JobOptions
 from kinemesh.services.common.settings import Settings
 from kinemesh.services.worker.pipeline import Pipeline
@@ -68,11 +68,18 @@ def test_the_api_refuses_an_untrained_body_model(stack, clips: dict[str, Path]) 
     assert client.http.get("/v1/jobs").json()["items"] == []  # nothing was queued or stored
 
 
-def _checkpoint(folder: Path, **overrides) -> Path:
+PARTS = {"mqhmr": ("mqhmr_small", {"shape_dim": 10}), "vit_backbone": ("vit_small_256x192", {}),
+         "genhmr": ("genhmr_image_small", {"shape_dim": 10}), "pose_tokenizer": ("pose_tokenizer_small", {})}
+
+
+def _checkpoint(folder: Path, part: str = "mqhmr", **overrides) -> Path:
+    """An operator's checkpoint for `part` of the small config (random weights: what matters here is
+    that they are loaded, recorded and served)."""
+    preset, defaults = PARTS[part]
     torch.manual_seed(3)
-    model = create_model("mqhmr_small", shape_dim=10, **overrides)
+    model = create_model(preset, **{**defaults, **overrides})
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "mqhmr.safetensors"
+    path = folder / f"{part}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
 
@@ -83,36 +90,54 @@ def _build(weights: Path, out: Path, body_file: Path) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=300)
 
 
-def test_a_bundle_from_a_checkpoint_serves_mqhmr_on_a_real_clip(model_dir: Path, body_file: Path,
-                                                                 clips: dict[str, Path], tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path / "weights")
-    done = _build(ckpt.parent, tmp_path / "bundle", body_file)
-    assert done.returncode == 0, done.stderr
-    assert "mqhmr trained" in done.stdout
-    bundle = open_bundle(tmp_path / "bundle")
-    weights = bundle.weights("mqhmr")
-    assert weights == {"status": "checkpoint", "file": "mqhmr.safetensors", "sha256": sha256_file(ckpt)}
-    show = subprocess.run([sys.executable, "-m", "kinemesh", "bundle", "show", str(tmp_path / "bundle")],
-                          capture_output=True, text=True, timeout=120)
-    assert "operator checkpoint mqhmr.safetensors" in show.stdout
-    stage = BodyStage(tmp_path / "bundle")
-    assert stage.servable == ["mq-hmr"]
-    with pytest.raises(ModelUnavailable, match="no graph 'genhmr_step'"):
-        stage.require("genhmr")
+@pytest.fixture(scope="module")
+def tracks(model_dir: Path, clips: dict[str, Path]):
     video = DecodeStage().open(clips["single_cam01"], 30.0, limits=Settings())
     with KeypointStage(model_dir, max_people=1) as kps:
-        tracks = kps.run(video, NullContext())
-    res = stage.run(tracks, NullContext(), body_model="mq-hmr", video=video)
-    (tb,) = res.tracks
-    assert len(tb.frame_index) == sum(1 for f in tracks.frames if f.people)
-    assert all(torch.isfinite(torch.from_numpy(a)).all() for a in (tb.rotations, tb.joints, tb.translation))
-    # the weights are random, so the start is far off; the query refinement still fits the keypoints
-    assert tb.reproj_after_px.mean() < 0.5 * tb.reproj_before_px.mean()
-    assert "mesh_track0.glb" in res.artifacts
+        return video, kps.run(video, NullContext())
+
+
+def test_a_bundle_from_checkpoints_serves_both_body_models_from_crops(body_file: Path, tracks,
+                                                                      tmp_path: Path) -> None:
+    """MQ-HMR, and GenHMR conditioned on the ViT's tokens of each crop, from the operator's files."""
+    files = {part: _checkpoint(tmp_path / "weights", part) for part in PARTS}
+    done = _build(tmp_path / "weights", tmp_path / "bundle", body_file)
+    assert done.returncode == 0, done.stderr
+    bundle = open_bundle(tmp_path / "bundle")
+    for graph, part in (("mqhmr", "mqhmr"), ("vit_backbone", "vit_backbone"), ("genhmr_step", "genhmr"),
+                        ("tokenizer_decode", "pose_tokenizer"), ("tokenizer_encode", "pose_tokenizer")):
+        assert bundle.weights(graph) == {"status": "checkpoint", "file": f"{part}.safetensors",
+                                         "sha256": sha256_file(files[part])}, graph
+    assert any(t["name"] == "image_tokens" for t in bundle.manifest["graphs"]["genhmr_step"]["inputs"])
+    show = subprocess.run([sys.executable, "-m", "kinemesh", "bundle", "show", str(tmp_path / "bundle")],
+                          capture_output=True, text=True, timeout=120)
+    assert "operator checkpoint mqhmr.safetensors" in show.stdout and "UNTRAINED" not in show.stdout
+    stage = BodyStage(tmp_path / "bundle")
+    assert stage.servable == ["genhmr", "mq-hmr"]
+    video, kp = tracks
+    for body_model in ("genhmr", "mq-hmr"):
+        res = stage.run(kp, NullContext(), body_model=body_model, video=video)
+        (tb,) = res.tracks
+        assert len(tb.frame_index) == sum(1 for f in kp.frames if f.people), body_model
+        assert all(torch.isfinite(torch.from_numpy(a)).all() for a in (tb.rotations, tb.joints, tb.translation))
+        # the weights are random, so the start is far off; the refinement still fits the keypoints
+        assert tb.reproj_after_px.mean() < 0.5 * tb.reproj_before_px.mean(), body_model
+        assert "mesh_track0.glb" in res.artifacts
+
+
+def test_a_bundle_missing_a_checkpoint_refuses_that_model(body_file: Path, tmp_path: Path) -> None:
+    _checkpoint(tmp_path / "weights", "mqhmr")
+    done = _build(tmp_path / "weights", tmp_path / "bundle", body_file)
+    assert done.returncode == 0, done.stderr
+    assert "mqhmr trained" in done.stdout and "genhmr_step UNTRAINED" in done.stdout
+    stage = BodyStage(tmp_path / "bundle")
+    assert stage.servable == ["mq-hmr"]
+    with pytest.raises(ModelUntrained, match=r"genhmr_image_small checkpoint: put it at DIR/genhmr\.safetensors"):
+        stage.require("genhmr")
 
 
 def test_a_checkpoint_of_the_wrong_shape_names_the_tensor(body_file: Path, tmp_path: Path) -> None:
-    _checkpoint(tmp_path / "weights", dim=96)  # a decoder of another width
+    _checkpoint(tmp_path / "weights", "mqhmr", dim=96)  # a decoder of another width
     done = _build(tmp_path / "weights", tmp_path / "bundle", body_file)
     assert done.returncode == 2
     assert re.search(r"bundle not built: mqhmr\.safetensors: tensor '[\w.]+' has shape \([\d, ]*96[\d, ]*\) in the "

@@ -98,3 +98,28 @@ def test_unreadable_files_get_a_typed_error(tmp_path: Path, name: str, content: 
         read_checkpoint(tmp_path / name)
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         read_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_a_timm_vit_loads_into_the_backbone_graph() -> None:
+    """The image-conditioned GenHMR's backbone (no prefix) from a timm-style ViT (no prefix either)."""
+    torch.manual_seed(0)
+    source = create_model("vit_small_256x192").eval()
+    state = source.state_dict()
+    theirs = {"cls_token": torch.zeros(1, 1, 192),
+              "pos_embed": torch.cat([torch.zeros(1, 1, 192), state["pos_embed"]], 1),
+              "patch_embed.proj.weight": state["patch_embed.weight"], "patch_embed.proj.bias": state["patch_embed.bias"],
+              "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"]}
+    for i in range(len(source.blocks)):
+        b = f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            theirs[f"{b}attn.qkv.{kind}"] = torch.cat([state[f"{b}attn.{x}.{kind}"] for x in "qkv"])
+            theirs[f"{b}attn.proj.{kind}"] = state[f"{b}attn.out.{kind}"]
+            theirs[f"{b}mlp.fc1.{kind}"] = state[f"{b}mlp.0.{kind}"]
+            theirs[f"{b}mlp.fc2.{kind}"] = state[f"{b}mlp.2.{kind}"]
+            for n in ("norm1", "norm2"):
+                theirs[f"{b}{n}.{kind}"] = state[f"{b}{n}.{kind}"]
+    torch.manual_seed(1)
+    target = load_checkpoint(create_model("vit_small_256x192").eval(), theirs)
+    image = torch.randn(2, 3, 256, 192)
+    with torch.no_grad():
+        assert torch.allclose(target(image), source(image), atol=1e-6)

@@ -40,7 +40,12 @@ from kinemesh.models.genhmr.inference import BackendDecoder, BodyParams, full_ro
 from kinemesh.models.genhmr.refine import RefineConfig, refine_track
 from kinemesh.models.mqhmr.model import MQHMR_OUTPUTS, MQHMROutput, PoseHead
 from kinemesh.models.mqhmr.refine import MQHMR_REFINE, refine_queries
-from kinemesh.services.common.bundle_check import BODY_MODEL_GRAPHS, check_body_model
+from kinemesh.services.common.bundle_check import (
+    BODY_MODEL_GRAPHS,
+    IMAGE_BACKBONE,
+    check_body_model,
+    image_conditioned,
+)
 from kinemesh.services.common.errors import InvalidRequest, ModelUnavailable
 from kinemesh.services.worker.artifacts_glb import animated_mesh_glb
 from kinemesh.services.worker.stages.base import (
@@ -122,6 +127,8 @@ class BodyStage:
                                          step_cfg["codebook_size"], max_batch=CPU_STEP_BATCH if on_cpu else None)
             self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
             self.tokenizer = self.bundle.load_tokenizer()
+            if image_conditioned(m):  # the step cross-attends to the ViT's tokens of each person crop
+                self.backend.load(IMAGE_BACKBONE, self.bundle.graph_path(IMAGE_BACKBONE))
         self.layer = load_body_model(self.bundle.path(m["body_model"]["file"]),
                                      num_shape=m["body_model"]["shape_components"])
         self.layer.skeleton(torch.eye(3).expand(1, 24, 3, 3), torch.zeros(1, self.layer.config.num_shape),
@@ -144,9 +151,9 @@ class BodyStage:
 
     def warm_up(self, frames: int = 32) -> None:
         """Run the whole stage once on a synthetic track: the first call of ONNX Runtime, the
-        autograd graph and the mesh writers costs ~2 s that no job should pay (GenHMR's path; an
-        MQ-HMR-only bundle has no frames to crop here and warms up on its first job)."""
-        if "genhmr" in self.servable:
+        autograd graph and the mesh writers costs ~2 s that no job should pay (keypoint-only GenHMR;
+        the models that read person crops have no frames here and warm up on their first job)."""
+        if "genhmr" in self.servable and not image_conditioned(self.bundle.manifest):
             self.run(self.rest_pose_track(frames), NullContext())
 
     def rest_pose_track(self, frames: int) -> KeypointTracks:
@@ -179,16 +186,18 @@ class BodyStage:
             for tid, obs in f.people:
                 per_track.setdefault(tid, []).append((f.index, f.timestamp_s, obs))
         crops: dict[int, np.ndarray] = {}
-        if body_model == "mq-hmr":
+        crop_graph = "mqhmr" if body_model == "mq-hmr" else IMAGE_BACKBONE if image_conditioned(
+            self.bundle.manifest) else None
+        if crop_graph is not None:
             if video is None:
-                raise ValueError("body_model='mq-hmr' reads person crops: pass the decoded video")
-            crops = self._crops(video, per_track)
+                raise ValueError(f"body_model={body_model!r} on this bundle reads person crops: pass the decoded video")
+            crops = self._crops(video, per_track, crop_graph)
         total = sum(len(v) for v in per_track.values()) or 1
         done = 0
         out: list[TrackBodies] = []
         for tid, rows in sorted(per_track.items()):
             ctx.check_cancelled()
-            body = self._track(tid, rows, meta.width, meta.height, focal, meta.target_fps, crops.get(tid))
+            body = self._track(tid, rows, meta.width, meta.height, focal, meta.target_fps, body_model, crops.get(tid))
             out.append(body)
             done += len(rows)
             ctx.progress(STAGE, done / total)
@@ -202,10 +211,10 @@ class BodyStage:
             return 1
         return max(1, round(fps / self.decode_rate_hz))
 
-    def _crops(self, video: DecodedVideo, per_track: dict[int, list]) -> dict[int, np.ndarray]:
-        """Each track's person crops (T, 3, h, w) uint8, frame by frame as the track has them: the clip
-        decoded once more, each person's box (`person_box`) cut out of its frame."""
-        entry = self.bundle.manifest["graphs"]["mqhmr"]["preprocessing"]
+    def _crops(self, video: DecodedVideo, per_track: dict[int, list], graph: str) -> dict[int, np.ndarray]:
+        """Each track's person crops (T, 3, h, w) uint8 at `graph`'s crop size, frame by frame as the
+        track has them: the clip decoded once more, each person's box (`person_box`) cut out of its frame."""
+        entry = self.bundle.manifest["graphs"][graph]["preprocessing"]
         size = tuple(entry["crop"])
         wanted: dict[int, list[tuple[int, int, object]]] = {}  # frame index -> (track, row, observation)
         for tid, rows in per_track.items():
@@ -226,38 +235,44 @@ class BodyStage:
                     out[tid][k] = c
         return out
 
-    def _mqhmr_outputs(self, crops: np.ndarray) -> MQHMROutput:
-        """Crops (T, 3, h, w) uint8 -> MQ-HMR's outputs through the backend, CHUNK frames a call."""
-        pre = self.bundle.manifest["graphs"]["mqhmr"]["preprocessing"]
+    def _on_crops(self, graph: str, crops: np.ndarray) -> dict[str, torch.Tensor]:
+        """Crops (T, 3, h, w) uint8 -> `graph`'s outputs (each (T, ...)), normalised as the manifest says,
+        through the backend, CHUNK frames a call."""
+        pre = self.bundle.manifest["graphs"][graph]["preprocessing"]
         mean = np.asarray(pre["mean"], np.float32)[None, :, None, None]
         std = np.asarray(pre["std"], np.float32)[None, :, None, None]
         parts = []
         for i in range(0, len(crops), CHUNK):
             image = ((crops[i:i + CHUNK].astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
-            out = self.backend.run("mqhmr", {"image": image})
-            parts.append([torch.from_numpy(np.asarray(out[name])) for name in MQHMR_OUTPUTS])
-        return MQHMROutput(*(torch.cat(t) for t in zip(*parts, strict=True)))
+            parts.append(self.backend.run(graph, {"image": image}))
+        return {name: torch.from_numpy(np.concatenate([np.asarray(p[name]) for p in parts])) for name in parts[0]}
 
     def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float,
-               crops: np.ndarray | None = None) -> TrackBodies:
+               body_model: str = "genhmr", crops: np.ndarray | None = None) -> TrackBodies:
         obs = [r[2] for r in rows]
         xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32))  # (T, L, 2)
         conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32))  # (T, L)
         world = mediapipe_world_to_model(torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32)))
         norm = normalize_keypoints(xy, conf)
         frame_index = torch.tensor([r[0] for r in rows], dtype=torch.int64)  # (T,) gaps where the person was unseen
-        if crops is None:
-            init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
-                                 stride=self.decode_stride(fps), chunk=CHUNK, frame_index=frame_index)
+        mq = body_model == "mq-hmr"
+        if mq:
+            out = self._on_crops("mqhmr", crops)
+            queries = MQHMROutput(*(out[name] for name in MQHMR_OUTPUTS))
         else:
-            queries = self._mqhmr_outputs(crops)
+            def image_tokens(keys: torch.Tensor) -> torch.Tensor:  # keyframes' crops through the backbone
+                return self._on_crops(IMAGE_BACKBONE, crops[keys.numpy()])["image_tokens"]
+
+            init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
+                                 stride=self.decode_stride(fps), chunk=CHUNK, frame_index=frame_index,
+                                 image_tokens=None if crops is None else image_tokens)
         # pinhole camera: focal = the frame's longer side (about a 53 degree field of view), centred
         intr = box_intrinsics(focal, torch.tensor([width / 2, height / 2]), norm.center, norm.half)  # (T, 3)
         refined, placed, before, after = [], [], [], []
         with self._lock:
             for i in range(0, len(obs), REFINE_WINDOW):
                 sl = slice(i, i + REFINE_WINDOW)
-                if crops is None:
+                if not mq:
                     res = refine_track(self.layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
                                        BodyParams(*(t[sl] for t in init)), norm.keypoints[sl], world[sl],
                                        self.refine_config, intrinsics=intr[sl], frame_index=frame_index[sl])
