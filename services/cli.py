@@ -210,12 +210,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from kinemesh.models.assets.mediapipe_hands import build as build_hands
     from kinemesh.models.assets.mediapipe_pose import build
     from kinemesh.services.common.settings import get_settings
 
     out = Path(args.out) if args.out else get_settings().model_dir / "mediapipe"
-    built = build(out)
-    console.print(f"model files {'already built' if built.skipped else 'built'}: {built.task_path}")
+    for built in (build(out), build_hands(out)):
+        console.print(f"model files {'already built' if built.skipped else 'built'}: {built.task_path}")
     return 0
 
 

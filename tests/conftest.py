@@ -47,10 +47,12 @@ def key_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def model_dir(body_file: Path) -> Path:
     """The default model files, built once from the registry (cached under var/models)."""
+    from kinemesh.models.assets.mediapipe_hands import build as build_hands
     from kinemesh.models.assets.mediapipe_pose import build
 
     root = VAR / "models"
     build(root / "mediapipe")
+    build_hands(root / "mediapipe")
     if not (root / "bundle" / "default" / "manifest.json").is_file():  # `make setup` builds it; so may we
         from kinemesh.models.export.bundle import build_bundle
 

@@ -39,7 +39,7 @@ class JobState(StrEnum):
         return self in (JobState.succeeded, JobState.failed, JobState.cancelled)
 
 
-OutputName = Literal["keypoints_2d", "keypoints_3d", "body", "kinematics"]
+OutputName = Literal["keypoints_2d", "keypoints_3d", "body", "kinematics", "hands"]
 IkMethod = Literal["neurik", "opensim"]
 BodyModelChoice = Literal["genhmr", "mq-hmr"]
 
@@ -57,7 +57,8 @@ class JobOptions(_Doc):
         min_length=1,
         description="Which outputs the result carries; `body` runs the body stage (parameters, 3D joints, "
         "mesh artifacts); `kinematics` the kinematics stage on the bodies (OpenSim joint coordinates, "
-        ".mot/.trc/.osim/CSV/PNG artifacts, gait events) and needs `body`.",
+        ".mot/.trc/.osim/CSV/PNG artifacts, gait events) and needs `body`; `hands` (not in the default) "
+        "21 keypoints per hand of each tracked person.",
     )
 
     body_model: BodyModelChoice = Field(
@@ -260,6 +261,25 @@ class TrackKinematics(_Doc):
     plot_artifact: str = Field(..., description="PNG plot of hip, knee and ankle flexion over time.")
 
 
+class HandFrame(_Doc):
+    """One hand of one person in one frame: MediaPipe's hand landmarker on a crop around the person's
+    BlazePose wrist and fingers (see hand_model)."""
+
+    keypoints_2d: list[tuple[float, float]] = Field(..., min_length=21, max_length=21, description="21 hand "
+                                                    "landmarks (hand_model.landmark_names), x, y in pixels of the "
+                                                    "upright frame.")
+    keypoints_3d: list[Vec3] = Field(..., min_length=21, max_length=21, description="The same in metres, "
+                                     "MediaPipe's hand world frame (origin near the hand's centre).")
+    score: float = Field(..., ge=0, le=1, description="The landmarker's confidence in the hand.")
+
+
+class Hands(_Doc):
+    """A person's hands in one frame; a side is null where it was not found (or its wrist not visible)."""
+
+    left: HandFrame | None = Field(None, description="The person's left hand (BlazePose's left wrist).")
+    right: HandFrame | None = Field(None, description="The person's right hand.")
+
+
 class TrackFrame(_Doc):
     """One person in one frame."""
 
@@ -275,6 +295,8 @@ class TrackFrame(_Doc):
     body: BodyFrame | None = Field(None, description="The fitted body in this frame (when `body` was asked for).")
     kinematics: KinematicsFrame | None = Field(None, description="Joint coordinates in this frame (when "
                                                "`kinematics` was asked for).")
+    hands: Hands | None = Field(None, description="The person's hands in this frame (when `hands` was asked for "
+                                "and one was found).")
 
 
 class Track(_Doc):
@@ -290,6 +312,13 @@ class Track(_Doc):
 class KeypointModelInfo(_Doc):
     name: str = Field(..., description="Keypoint model id.")
     landmark_names: list[str] = Field(..., description="Order of the 33 landmarks.")
+    source: str = Field(..., description="Where the model files came from, with licence.")
+
+
+class HandModelInfo(_Doc):
+    name: str = Field(..., description="Hand keypoint model id.")
+    landmark_names: list[str] = Field(..., description="Order of the 21 landmarks in each hand's keypoints.")
+    method: str = Field(..., description="How hands are found.")
     source: str = Field(..., description="Where the model files came from, with licence.")
 
 
@@ -381,6 +410,7 @@ class KinemeshResult(_Doc):
                                              "was asked for).")
     kinematics_model: KinematicsModelInfo | None = Field(None, description="The biomechanical model, method and "
                                                          "conventions (when `kinematics` was asked for).")
+    hand_model: HandModelInfo | None = Field(None, description="The hand keypoint model (when `hands` was asked for).")
     artifacts: list[ArtifactInfo] = Field(default_factory=list, description="Binary artifacts of the job.")
 
 

@@ -18,6 +18,7 @@ from kinemesh.services.worker.results import build_result, keypoints_npz
 from kinemesh.services.worker.stages.base import StageContext
 from kinemesh.services.worker.stages.body import BodyStage
 from kinemesh.services.worker.stages.decode import DecodeStage
+from kinemesh.services.worker.stages.hands import HandStage
 from kinemesh.services.worker.stages.keypoints import KeypointStage
 from kinemesh.services.worker.stages.kinematics import KinematicsStage
 
@@ -54,6 +55,7 @@ class Pipeline:
         self._keypoints: dict[int, KeypointStage] = {}
         self._body: BodyStage | None = None
         self._kinematics: KinematicsStage | None = None
+        self._hands: HandStage | None = None
 
     def keypoint_stage(self, max_people: int) -> KeypointStage:
         stage = self._keypoints.get(max_people)
@@ -78,6 +80,11 @@ class Pipeline:
                 raise InferenceUnavailable(str(exc)) from exc
         return self._body
 
+    def hand_stage(self) -> HandStage:
+        if self._hands is None:
+            self._hands = HandStage(self.settings.model_dir)
+        return self._hands
+
     def kinematics_stage(self) -> KinematicsStage:
         if self._kinematics is None:
             body = self.body_stage()
@@ -100,6 +107,9 @@ class Pipeline:
         for stage in self._keypoints.values():
             stage.close()
         self._keypoints.clear()
+        if self._hands is not None:
+            self._hands.close()
+            self._hands = None
 
     def warm_up(self) -> None:
         """Load the default models now rather than on the first job."""
@@ -142,6 +152,10 @@ class Pipeline:
                 body = stage.run(tracks, ctx, body_model=options.body_model, video=video)
             body_model = self.body_model_info(stage, body.focal_px, options.body_model)
             artifacts.update(body.artifacts)
+        hands = None
+        if "hands" in options.outputs:
+            with timed("hands"):
+                hands = self.hand_stage().run(video, tracks, ctx)
         if "kinematics" in options.outputs and body is not None:
             with timed("kinematics"):
                 kinematics = self.kinematics_stage().run(body, video.meta.target_fps, ctx, ik=options.ik)
@@ -153,7 +167,8 @@ class Pipeline:
                             duration_s=round(m.duration_s, 4), source_frames=m.source_frames, codec=m.codec,
                             container=m.container, size_bytes=size_bytes)
             artifacts["keypoints.npz"] = keypoints_npz(tracks)
-            result = build_result(tracks, options, clip, timings, 0.0, job_id, body, body_model, artifacts, kinematics)
+            result = build_result(tracks, options, clip, timings, 0.0, job_id, body, body_model, artifacts, kinematics,
+                                  hands)
         # timings and the total are final only once the results stage itself is timed
         result.timings = timings
         result.summary.seconds = round(time.perf_counter() - started, 4)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from kinemesh import __version__
+from kinemesh.models.assets.mediapipe_hands import HAND_LANDMARKS
 from kinemesh.models.biomech.opensim_model import degrees
 from kinemesh.models.rotations import matrix_to_axis_angle
 from kinemesh.services.common.schemas import (
@@ -24,6 +25,9 @@ from kinemesh.services.common.schemas import (
     FrameInfo,
     FrameQuality,
     GaitSummary,
+    HandFrame,
+    HandModelInfo,
+    Hands,
     JobOptions,
     KeypointModelInfo,
     KinematicsFrame,
@@ -40,6 +44,7 @@ from kinemesh.services.common.schemas import (
 from kinemesh.services.common.schemas import TrackKinematics as TrackKinematics_
 from kinemesh.services.worker.stages.base import KeypointTracks, PoseObservation
 from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
+from kinemesh.services.worker.stages.hands import HandsResult
 from kinemesh.services.worker.stages.kinematics import (
     CONVENTION,
     MODEL_SOURCE,
@@ -53,6 +58,15 @@ LOW_SCORE = 0.5
 # shoulders, hips, knees, ankles: a body is "partial" when one of these is not visible
 CORE_LANDMARKS = (11, 12, 23, 24, 25, 26, 27, 28)
 BORDER_PX = 2.0
+
+HAND_MODEL = HandModelInfo(
+    name="mediapipe-hand-landmarker-full",
+    landmark_names=list(HAND_LANDMARKS),
+    method="MediaPipe's hand landmarker (IMAGE mode, one hand) on a 256 x 256 crop around each tracked person's "
+           "BlazePose wrist, pinky, index and thumb landmarks (half-side 3.5 x the largest wrist-to-finger distance), "
+           "for each side whose wrist is visible; the side is the wrist's",
+    source="MediaPipe palm_detection_full + hand_landmark_full (mediapipe 0.10.21 wheel, Apache-2.0)",
+)
 
 KEYPOINT_MODEL = KeypointModelInfo(
     name="mediapipe-blazepose-full",
@@ -202,10 +216,20 @@ def kinematics_summary(kin: KinematicsResult) -> KinematicsSummary:
                              out_of_range_frames=int(sum(t.violations.any(1).sum() for t in kin.tracks)))
 
 
+def _hands(hands: HandsResult | None, tid: int, index: int) -> Hands | None:
+    """One person's hands in one frame for the result, or None when none was found."""
+    found = hands.hands.get((tid, index)) if hands is not None else None
+    if not found:
+        return None
+    return Hands(**{side: HandFrame(keypoints_2d=_round(h.keypoints_2d, 2), keypoints_3d=_round(h.keypoints_3d, 4),
+                                    score=float(np.clip(round(h.score, 4), 0.0, 1.0)))
+                    for side, h in found.items()})
+
+
 def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, timings: list[StageTiming],
                  seconds: float, job_id: str | None, body: BodyResult | None = None,
                  body_model: BodyModelInfo | None = None, artifacts: dict[str, bytes] | None = None,
-                 kinematics: KinematicsResult | None = None) -> KinemeshResult:
+                 kinematics: KinematicsResult | None = None, hands: HandsResult | None = None) -> KinemeshResult:
     want_2d = "keypoints_2d" in options.outputs
     want_3d = "keypoints_3d" in options.outputs
     bodies = _body_frames(body)
@@ -237,6 +261,7 @@ def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, ti
                 keypoints_3d=_round(obs.world, 4) if want_3d else None,
                 body=bodies.get((tid, f.index)),
                 kinematics=kin_frames.get((tid, f.index)),
+                hands=_hands(hands, tid, f.index),
             ))
     track_docs = [
         Track(track_id=tid, first_frame=tf[0].index, last_frame=tf[-1].index, frames=tf,
@@ -263,6 +288,7 @@ def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, ti
         tracks=track_docs,
         body_model=body_model,
         kinematics_model=kinematics_model_info(kinematics) if kinematics else None,
+        hand_model=HAND_MODEL if hands is not None else None,
         artifacts=artifact_infos(artifacts or {}),
     )
 

@@ -200,6 +200,23 @@ def test_events_stream_ends_and_progress_is_monotonic(acme: Client, clips: dict[
     assert {e["stage"] for e in events} >= {"keypoints"}
 
 
+def test_a_job_asking_for_hands_returns_them(acme: Client, clips: dict[str, Path]) -> None:
+    """outputs=hands: each tracked person's hands, 21 keypoints a side, on a real clip; the result
+    validates against the published schema and names the hand model."""
+    job = acme.submit(clips["single_cam01"], target_fps=15, outputs="keypoints_2d,hands")
+    assert acme.wait(job["id"])["state"] == "succeeded"
+    result = acme.result(job["id"])
+    jsonschema.validate(result, SCHEMA)
+    assert result["hand_model"]["name"] == "mediapipe-hand-landmarker-full"
+    assert len(result["hand_model"]["landmark_names"]) == 21
+    frames = result["tracks"][0]["frames"]
+    with_hands = [f for f in frames if f.get("hands")]
+    assert len(with_hands) >= len(frames) // 2, (len(with_hands), len(frames))
+    hand = next(h for f in with_hands for h in f["hands"].values() if h)
+    assert len(hand["keypoints_2d"]) == 21 and len(hand["keypoints_3d"]) == 21
+    assert "body_model" not in result and any(t["stage"] == "hands" for t in result["timings"])
+
+
 def test_multipart_upload_with_options(stack: Stack, keys: dict[str, str], tmp_path: Path) -> None:
     clip = media.make_video(tmp_path / "clip.mp4", frames=6, size=(160, 120), fps=10)
     with clip.open("rb") as fh:
