@@ -23,7 +23,7 @@ from torch import nn
 # Modules whose import registers presets; imported lazily by the lookup functions so that
 # `import kinemesh.models.registry` stays cheap and free of import cycles.
 _PRESET_MODULES: tuple[str, ...] = ("kinemesh.models.tokenizer", "kinemesh.models.genhmr", "kinemesh.models.mqhmr",
-                                     "kinemesh.models.backbone")
+                                     "kinemesh.models.backbone", "kinemesh.models.hands")
 
 
 @dataclass(frozen=True)

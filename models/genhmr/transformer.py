@@ -52,7 +52,8 @@ class MaskedPoseTransformerConfig:
     heads: int = 4  # attention heads (dim must divide by heads)
     mlp_ratio: float = 4.0  # feed-forward hidden width = mlp_ratio * dim
     dropout: float = 0.0  # dropout on attention weights, MLP and embeddings (training only)
-    num_keypoints: int = 33  # L: 2D keypoints (BlazePose order); the graph assumes 33
+    num_keypoints: int = 33  # L: 2D keypoints; the skeleton's count (33 BlazePose landmarks, 21 hand keypoints)
+    skeleton: str = "blazepose"  # the keypoint graph: "blazepose" (the body) or "hand21" (MMHMR's hand)
     keypoint_dim: int = 3  # P: per keypoint (x, y) normalised to the person box + confidence
     graph_layers: int = 2  # graph-convolution layers in the keypoint encoder
     graph_dim: int = 128  # G: hidden width of the keypoint graph encoder
@@ -131,6 +132,17 @@ def blazepose_edges() -> list[tuple[int, int]]:
     return [(index[a], index[b]) for a, b in _BLAZEPOSE_EDGE_NAMES]
 
 
+def skeleton_graph(name: str) -> tuple[list[tuple[int, int]], int]:
+    """A keypoint skeleton's edges and keypoint count: "blazepose" (33) or "hand21" (MediaPipe's hand)."""
+    if name == "blazepose":
+        return blazepose_edges(), len(BLAZEPOSE_LANDMARKS)
+    if name == "hand21":
+        from kinemesh.models.hands.skeleton import HAND_EDGES
+
+        return list(HAND_EDGES), 21
+    raise ValueError(f"unknown keypoint skeleton {name!r}; known: blazepose, hand21")
+
+
 def normalized_adjacency(num_nodes: int, edges: list[tuple[int, int]]) -> Tensor:
     """(L, L) symmetric D^-1/2 (A + I) D^-1/2 (Kipf & Welling)."""
     a = torch.eye(num_nodes)
@@ -167,14 +179,13 @@ class KeypointGraphEncoder(nn.Module):
 
     def __init__(self, cfg: MaskedPoseTransformerConfig) -> None:
         super().__init__()
-        if cfg.num_keypoints != len(BLAZEPOSE_LANDMARKS):
-            raise ValueError(
-                f"the keypoint graph is the {len(BLAZEPOSE_LANDMARKS)}-landmark BlazePose skeleton"
-            )
+        edges, count = skeleton_graph(cfg.skeleton)
+        if cfg.num_keypoints != count:
+            raise ValueError(f"the {cfg.skeleton} keypoint graph has {count} keypoints, not {cfg.num_keypoints}")
         if cfg.keypoint_dim != 3:
             raise ValueError("keypoints are (x, y, confidence): keypoint_dim must be 3")
         self.register_buffer(
-            "adjacency", normalized_adjacency(cfg.num_keypoints, blazepose_edges()), persistent=False
+            "adjacency", normalized_adjacency(cfg.num_keypoints, edges), persistent=False
         )  # (L, L)
         self.inp = nn.Linear(cfg.keypoint_dim, cfg.graph_dim)
         self.joint_embed = nn.Parameter(torch.randn(cfg.num_keypoints, cfg.graph_dim) * 0.02)  # (L, G)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import platform
 import sys
 import time
@@ -22,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kinemesh.models.body.assets import load_body_model
-from kinemesh.models.genhmr import TorchStepFn, masked_token_loss
+from kinemesh.models.genhmr import TorchStepFn
 from kinemesh.models.genhmr.inference import TorchDecoder, full_rotations, predict_bodies
 from kinemesh.models.registry import create_model, model_config
+from kinemesh.models.training import loops
 from kinemesh.models.training.fit import fit_sequence, world_tracks
 from kinemesh.models.training.metrics import BODY_METRIC_JOINTS, mpjpe_mm, pa_mpjpe_mm
 from kinemesh.models.training.synth import SyntheticFrames, generate
@@ -36,12 +35,6 @@ NUM_SHAPE = 10
 TOKENIZER = ("pose_tokenizer_small", {"joints": 21})
 TRANSFORMER = ("genhmr_keypoints_small", {"dim": 128, "depth": 4, "heads": 4, "shape_dim": NUM_SHAPE,
                                           "dropout": 0.0})
-
-
-def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def body_joints(layer, body6d: torch.Tensor, orient6d: torch.Tensor | None = None,
@@ -58,26 +51,11 @@ def train_tokenizer(layer, data: SyntheticFrames, val: SyntheticFrames, steps: i
                     log) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(seed)
     tok = create_model(TOKENIZER[0], **TOKENIZER[1])
-    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    x_all = data.body6d
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, 1e-3)
-        idx = torch.randint(0, len(x_all), (batch,), generator=g)
-        x = x_all[idx]
-        tok.train()
-        out = tok(x)
-        joints_err = (body_joints(layer, out.recon) - body_joints(layer, x)).abs().mean()
-        loss = F.l1_loss(out.recon, x) + 10.0 * joints_err + out.commit_loss + out.codebook_loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 99:
-            reset = tok.reset_dead_codes(out.z_e.detach(), g)
-            log(f"tokenizer {step + 1}/{steps} loss {loss.item():.4f} joints {joints_err.item() * 1000:.1f} mm "
-                f"perplexity {float(out.perplexity):.0f} reset {reset}")
-    tok.eval()
+
+    def joints_error(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (body_joints(layer, recon) - body_joints(layer, x)).abs().mean()
+
+    loops.train_tokenizer(tok, data.body6d, joints_error, 10.0, steps, batch, seed, log)
     with torch.no_grad():
         ids, _ = tok.encode(val.body6d)
         recon = tok.decode_indices(ids)
@@ -91,40 +69,17 @@ def train_transformer(layer, tok, data: SyntheticFrames, val: SyntheticFrames, s
                       seed: int, log, geometry_weight: float = 10.0) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(seed)
     model = create_model(TRANSFORMER[0], **TRANSFORMER[1])
-    for p in tok.parameters():
-        p.requires_grad_(False)
-    codebook = tok.codebook.detach()  # (K, D)
     with torch.no_grad():
         ids_all = torch.cat([tok.encode(data.body6d[i:i + 8192])[0] for i in range(0, len(data), 8192)])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, 1e-3)
-        idx = torch.randint(0, len(data), (batch,), generator=g)
-        out = masked_token_loss(model, ids_all[idx], data.keypoints[idx], None, g,
-                                shape_target=data.shape[idx], camera_target=data.camera[idx],
-                                orient_target=data.orient6d[idx], shape_weight=0.5, camera_weight=1.0,
-                                orient_weight=2.0, label_smoothing=0.1)
-        # Geometry: the expected code embedding at the masked positions (softmax over the codebook),
-        # through the frozen tokenizer decoder, should give the right joints. It rewards tokens whose
-        # poses are near the target's even when the exact code is missed.
-        probs = out.logits.softmax(-1)  # (B, N, K)
-        soft = probs @ codebook  # (B, N, D)
-        z = torch.where(out.mask[..., None], soft, codebook[ids_all[idx]])  # (B, N, D)
-        joints = body_joints(layer, tok.decode_embeddings(z), data.orient6d[idx])
-        geometry = (joints - data.joints[idx] + data.joints[idx][:, :1] - joints[:, :1]).norm(dim=-1).mean()
-        total = out.total + geometry_weight * geometry
-        opt.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 100 == 99:
-            log(f"transformer {step + 1}/{steps} loss {total.item():.3f} ce {out.token_ce.item():.3f} "
-                f"acc {out.accuracy.item():.3f} joints {geometry.item() * 1000:.1f} mm shape {out.shape.item():.3f} "
-                f"cam {out.camera.item():.4f} orient {out.orient.item():.4f}")
-    model.eval()
+
+    def joints_error(body6d: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Root-relative joint error of decoded poses (B, 21, 6) against the rows `idx`, metres."""
+        joints = body_joints(layer, body6d, data.orient6d[idx])
+        return (joints - data.joints[idx] + data.joints[idx][:, :1] - joints[:, :1]).norm(dim=-1).mean()
+
+    loops.train_masked_transformer(model, tok, ids_all, data.keypoints,
+                                   {"shape": data.shape, "camera": data.camera, "orient": data.orient6d},
+                                   joints_error, geometry_weight, steps, batch, seed, log)
     return model, evaluate(layer, model, tok, val)
 
 
