@@ -77,6 +77,24 @@ def person_crops(images: Tensor, center: Tensor, half: Tensor, size: tuple[int, 
     return torch.nn.functional.grid_sample(frames, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def fit_rotation_to_keypoints(points: Tensor, uv: Tensor, weights: Tensor | None = None) -> Tensor:
+    """The rotation (B, 3, 3) that best turns points (B, L, 3) so that their weak-perspective projection
+    (x, -y up to scale and shift) lands on uv (B, L, 2) (box units, y down), weighted (B, L): the least-
+    squares 2x3 map from the centred points to the centred uv, its closest pair of orthonormal rows
+    (SVD), and the third row their cross product."""
+    w = torch.ones_like(uv[..., 0]) if weights is None else weights
+    sw = w.sum(-1, keepdim=True).clamp_min(1e-8)[..., None]  # (B, 1, 1)
+    target = torch.stack([uv[..., 0], -uv[..., 1]], -1)  # (B, L, 2) in model axes (y up)
+    pc = points - (w[..., None] * points).sum(-2, keepdim=True) / sw
+    tc = target - (w[..., None] * target).sum(-2, keepdim=True) / sw
+    cross = (tc * w[..., None]).transpose(-1, -2) @ pc  # (B, 2, 3)
+    gram = (pc * w[..., None]).transpose(-1, -2) @ pc + 1e-9 * torch.eye(3, dtype=points.dtype, device=points.device)
+    a = cross @ torch.linalg.inv(gram)  # (B, 2, 3): the affine camera
+    u, _, vh = torch.linalg.svd(a, full_matrices=False)  # (B, 2, 2), (B, 2), (B, 2, 3)
+    rows = u @ vh  # (B, 2, 3) orthonormal
+    return torch.cat([rows, torch.linalg.cross(rows[:, 0], rows[:, 1])[:, None]], 1)
+
+
 def weak_perspective(points: Tensor, camera: Tensor) -> Tensor:
     """Model points (..., L, 3) and camera (..., 3) = (s, tx, ty) -> box coordinates (..., L, 2)."""
     s, tx, ty = camera[..., 0:1], camera[..., 1:2], camera[..., 2:3]  # (..., 1) each

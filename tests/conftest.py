@@ -57,7 +57,7 @@ def model_dir(body_file: Path) -> Path:
         from kinemesh.models.export.bundle import build_bundle
 
         build_bundle(REPO / "models" / "weights" / "default", body_file, root / "bundle" / "default",
-                     neurik=REPO / "models" / "weights" / "neurik")
+                     neurik=REPO / "models" / "weights" / "neurik", hands=REPO / "models" / "weights" / "hands")
     return root
 
 

@@ -32,6 +32,7 @@ from kinemesh.models.assets.mediapipe_pose import (
     _resolve_wheel,
     _sha256,
 )
+from kinemesh.models.assets.mediapipe_pose import is_built as pose_is_built
 from kinemesh.models.assets.wheel_cache import sha256_file
 
 BUILDER_VERSION = 1
@@ -58,14 +59,8 @@ def task_path(model_dir: Path | str) -> Path:
 
 
 def is_built(out_dir: Path | str) -> bool:
-    out_dir = Path(out_dir)
-    try:
-        manifest = json.loads((out_dir / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    target = out_dir / TASK_FILE
-    return (manifest.get("builder_version") == BUILDER_VERSION and target.is_file()
-            and sha256_file(target) == manifest.get("output", {}).get("sha256"))
+    """True when `out_dir` holds a hand .task whose sha256 matches its manifest."""
+    return pose_is_built(out_dir, TASK_FILE, MANIFEST_FILE, BUILDER_VERSION)
 
 
 def build(out_dir: Path | str = DEFAULT_OUT, wheel: Path | str | None = None, cache_dir: Path | str | None = None,

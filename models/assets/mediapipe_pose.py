@@ -314,16 +314,17 @@ def _resolve_wheel(wheel: Path | None, cache_dir: Path) -> Path:
     )
 
 
-def is_built(out_dir: Path | str) -> bool:
-    """True when `out_dir` holds a .task whose sha256 matches its manifest."""
+def is_built(out_dir: Path | str, task_file: str = TASK_FILE, manifest_file: str = MANIFEST_FILE,
+             builder_version: int = BUILDER_VERSION) -> bool:
+    """True when `out_dir` holds a .task whose sha256 matches its manifest (this builder's, by default)."""
     out_dir = Path(out_dir)
     try:
-        manifest = json.loads((out_dir / MANIFEST_FILE).read_text())
+        manifest = json.loads((out_dir / manifest_file).read_text())
     except (OSError, ValueError):
         return False
-    target = out_dir / TASK_FILE
+    target = out_dir / task_file
     return (
-        manifest.get("builder_version") == BUILDER_VERSION
+        manifest.get("builder_version") == builder_version
         and target.is_file()
         and sha256_file(target) == manifest.get("output", {}).get("sha256")
     )

@@ -41,3 +41,18 @@ class InferenceBackend(Protocol):
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run `graph`; every declared input must be fed with a matching dtype and rank."""
+
+
+def prepare_feeds(graph: str, specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` checked against a graph's inputs (names, ranks) and made contiguous in their dtypes;
+    ValueError names what does not fit."""
+    by_name = {s.name: s for s in specs}
+    if set(feeds) != set(by_name):
+        raise ValueError(f"graph {graph!r} takes inputs {sorted(by_name)}, got {sorted(feeds)}")
+    prepared = {}
+    for name, spec in by_name.items():
+        array = np.asarray(feeds[name])
+        if array.ndim != len(spec.shape):
+            raise ValueError(f"{graph}.{name}: rank {array.ndim}, expected shape {spec.shape}")
+        prepared[name] = np.ascontiguousarray(array, dtype=spec.dtype)
+    return prepared

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from kinemesh.models.backends.base import GraphNotLoaded, TensorSpec
+from kinemesh.models.backends.base import GraphNotLoaded, TensorSpec, prepare_feeds
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -70,14 +70,6 @@ class OrtBackend:
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self._session(graph)
-        specs = {s.name: s for s in _specs(session.get_inputs())}
-        if set(feeds) != set(specs):
-            raise ValueError(f"graph {graph!r} takes inputs {sorted(specs)}, got {sorted(feeds)}")
-        prepared = {}
-        for name, spec in specs.items():
-            array = np.asarray(feeds[name])
-            if array.ndim != len(spec.shape):
-                raise ValueError(f"{graph}.{name}: rank {array.ndim}, expected shape {spec.shape}")
-            prepared[name] = np.ascontiguousarray(array, dtype=spec.dtype)
+        prepared = prepare_feeds(graph, _specs(session.get_inputs()), feeds)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, prepared), strict=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kinemesh.models.backends.base import BackendUnavailable, GraphNotLoaded, TensorSpec
+from kinemesh.models.backends.base import BackendUnavailable, GraphNotLoaded, TensorSpec, prepare_feeds
 
 # KServe v2 datatypes <-> numpy
 _V2_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
@@ -79,15 +79,7 @@ class TritonBackend:
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ins, outs, max_batch = self._model(graph)
-        specs = {s.name: s for s in ins}
-        if set(feeds) != set(specs):
-            raise ValueError(f"graph {graph!r} takes inputs {sorted(specs)}, got {sorted(feeds)}")
-        arrays = {}
-        for name, spec in specs.items():
-            array = np.asarray(feeds[name])
-            if array.ndim != len(spec.shape):
-                raise ValueError(f"{graph}.{name}: rank {array.ndim}, expected shape {spec.shape}")
-            arrays[name] = np.ascontiguousarray(array, dtype=spec.dtype)
+        arrays = prepare_feeds(graph, ins, feeds)
         batch = next(iter(arrays.values())).shape[0]
         step = max_batch if max_batch > 0 else batch
         parts = [self._infer(graph, {k: v[i:i + step] for k, v in arrays.items()}, outs)

@@ -140,9 +140,10 @@ def load_trained(weights: Path) -> tuple[torch.nn.Module, torch.nn.Module, dict[
 
 
 def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", version: str = "1",
-                 neurik: Path | None = None) -> dict[str, Any]:
+                 neurik: Path | None = None, hands: Path | None = None) -> dict[str, Any]:
     """Export every graph (NeurIK's too when `neurik`, a folder with neurik.pt and record.json, is
-    given), write the Triton configs and the manifest. Returns the manifest."""
+    given; the hand model's when `hands`, a folder with hand_tokenizer.pt, hand_transformer.pt,
+    hand_skeleton.json and record.json), write the Triton configs and the manifest. Returns the manifest."""
     tok, model, record = load_trained(weights)
     tmp = _fresh(out)
     N, K, D = tok.cfg.num_tokens, tok.cfg.codebook_size, tok.cfg.code_dim
@@ -171,6 +172,22 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
                             ["coordinates", "pelvis_residual", "scales"], None)
         meta["neurik"] = {"architecture": "neurik", "config": c.__dict__, "training_record": "neurik_record.json",
                           "weights": {"status": "trained", "record": "neurik_record.json"}, **info}
+    if hands is not None:
+        hand_record = json.loads((hands / "record.json").read_text())
+        htok = load_weights(hand_record["tokenizer"]["preset"], hand_record["tokenizer"]["overrides"],
+                            hands / "hand_tokenizer.pt")
+        hstep = load_weights(hand_record["transformer"]["preset"], hand_record["transformer"]["overrides"],
+                             hands / "hand_transformer.pt")
+        hN, hK = htok.cfg.num_tokens, htok.cfg.codebook_size
+        graphs["hand_step"] = (MaskedPoseStepGraph(hstep), {
+            "token_ids": torch.randint(0, hK + 1, (2, hN)), "keypoints": torch.rand(2, 21, 3)},
+            list(MaskedPoseStepGraph.output_names), {"token_ids": (0, hK + 1)})
+        graphs["hand_tokenizer_decode"] = (TokenizerIndexDecoderGraph(htok), {
+            "indices": torch.randint(0, hK, (2, hN))}, ["rot6d"], {"indices": (0, hK)})
+        for g, part in (("hand_step", "transformer"), ("hand_tokenizer_decode", "tokenizer")):
+            meta[g] = {"architecture": hand_record[part]["preset"], "config": hand_record[part]["config"],
+                       "training_record": "hand_record.json",
+                       "weights": {"status": "trained", "record": "hand_record.json"}}
     shape_dim = int(record["body_model_shape_components"])
     torch.manual_seed(0)
     mq = create_model("mqhmr_small", shape_dim=shape_dim)
@@ -184,6 +201,9 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
     shutil.copy2(weights / "record.json", tmp / "training_record.json")
     if neurik is not None:
         shutil.copy2(neurik / "record.json", tmp / "neurik_record.json")
+    if hands is not None:
+        shutil.copy2(hands / "record.json", tmp / "hand_record.json")
+        shutil.copy2(hands / "hand_skeleton.json", tmp / "hand_skeleton.json")
     manifest: dict[str, Any] = {
         **_header(name, version, entries, tmp, body, shape_dim),
         "torch": {"pose_tokenizer": {"file": "torch/pose_tokenizer.pt", "preset": record["tokenizer"]["preset"],
@@ -191,6 +211,12 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
                   "mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim}},
         **_keypoint_conventions(),
     }
+    if hands is not None:
+        manifest["hands"] = {"skeleton": "hand_skeleton.json", "decoding": {"iterations": 5, "schedule": "cosine"},
+                             "input": "21 hand keypoints, (x, y) normalised to a square box as the body's "
+                                      "keypoints, plus confidence; left hands mirrored (x -> -x) to right hands",
+                             "outputs": "15 finger joint rotations (tokenizer decode) and the wrist orientation "
+                                        "(orient), camera axes x right, y up; shape = log of the hand's size"}
     return _finish(tmp, out, manifest)
 
 
@@ -415,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--body", default="var/models/body/anny_core.npz")
     b.add_argument("--out", default=None, help="bundle folder (default: var/models/bundle/<config>)")
     b.add_argument("--neurik", default=None, help="NeurIK weights folder (neurik.pt, record.json) to add")
+    b.add_argument("--hands", default=None, help="hand model weights folder (models/weights/hands) to add")
     b.add_argument("--shape-components", type=int, default=10, help="shape coefficients (small/paper configs)")
     s = sub.add_parser("show", help="what each graph of a bundle is: architecture, trained or not, weights")
     s.add_argument("bundle", nargs="?", default="var/models/bundle/default")
@@ -432,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.config == "default":
             manifest = build_bundle(Path(a.weights or "models/weights/default"), Path(a.body), out,
-                                    neurik=Path(a.neurik) if a.neurik else None)
+                                    neurik=Path(a.neurik) if a.neurik else None,
+                                    hands=Path(a.hands) if a.hands else None)
         else:
             if a.weights is None:
                 p.error("--config small/paper needs --weights DIR (the operator's checkpoints)")

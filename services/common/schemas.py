@@ -261,6 +261,20 @@ class TrackKinematics(_Doc):
     plot_artifact: str = Field(..., description="PNG plot of hip, knee and ankle flexion over time.")
 
 
+class HandPose(_Doc):
+    """The hand model's pose of one hand (MMHMR's method: the 21 keypoints through the hand
+    transformer and its tokenizer)."""
+
+    orient: Vec3 = Field(..., description="The wrist's orientation in the camera frame (x right, y up, z towards "
+                         "the viewer), axis-angle, radians.")
+    fingers: list[Vec3] = Field(..., min_length=15, max_length=15, description="Axis-angle (radians) of the 15 "
+                                "finger joints, parent-relative, in the order of hand_model.joint_names[1:].")
+    joints_3d: list[Vec3] = Field(..., min_length=21, max_length=21, description="The posed hand's 21 keypoints "
+                                  "(hand_model.landmark_names), metres, wrist at the origin, camera axes.")
+    size: float = Field(..., gt=0, description="The hand's size over the model skeleton's (wrist to middle "
+                        "knuckle 9 cm).")
+
+
 class HandFrame(_Doc):
     """One hand of one person in one frame: MediaPipe's hand landmarker on a crop around the person's
     BlazePose wrist and fingers (see hand_model)."""
@@ -271,6 +285,7 @@ class HandFrame(_Doc):
     keypoints_3d: list[Vec3] = Field(..., min_length=21, max_length=21, description="The same in metres, "
                                      "MediaPipe's hand world frame (origin near the hand's centre).")
     score: float = Field(..., ge=0, le=1, description="The landmarker's confidence in the hand.")
+    pose: HandPose | None = Field(None, description="The hand model's pose (when the served bundle has it).")
 
 
 class Hands(_Doc):
@@ -320,6 +335,10 @@ class HandModelInfo(_Doc):
     landmark_names: list[str] = Field(..., description="Order of the 21 landmarks in each hand's keypoints.")
     method: str = Field(..., description="How hands are found.")
     source: str = Field(..., description="Where the model files came from, with licence.")
+    pose_model: str | None = Field(None, description="Architecture of the hand pose model; null when the bundle "
+                                   "has none (keypoints only).")
+    joint_names: list[str] = Field(default_factory=list, description="The hand model's 16 joints: the wrist, then "
+                                   "three per finger (thumb first); HandPose.fingers are joints 1..15.")
 
 
 class BodyModelInfo(_Doc):

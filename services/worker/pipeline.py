@@ -82,7 +82,8 @@ class Pipeline:
 
     def hand_stage(self) -> HandStage:
         if self._hands is None:
-            self._hands = HandStage(self.settings.model_dir)
+            body = self.body_stage()  # the bundle and backend the hand pose graphs run on
+            self._hands = HandStage(self.settings.model_dir, bundle=body.bundle, backend=body.backend)
         return self._hands
 
     def kinematics_stage(self) -> KinematicsStage:

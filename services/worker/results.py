@@ -12,6 +12,7 @@ import torch
 from kinemesh import __version__
 from kinemesh.models.assets.mediapipe_hands import HAND_LANDMARKS
 from kinemesh.models.biomech.opensim_model import degrees
+from kinemesh.models.hands.skeleton import HAND_JOINTS
 from kinemesh.models.rotations import matrix_to_axis_angle
 from kinemesh.services.common.schemas import (
     LANDMARK_NAMES,
@@ -27,6 +28,7 @@ from kinemesh.services.common.schemas import (
     GaitSummary,
     HandFrame,
     HandModelInfo,
+    HandPose,
     Hands,
     JobOptions,
     KeypointModelInfo,
@@ -44,6 +46,7 @@ from kinemesh.services.common.schemas import (
 from kinemesh.services.common.schemas import TrackKinematics as TrackKinematics_
 from kinemesh.services.worker.stages.base import KeypointTracks, PoseObservation
 from kinemesh.services.worker.stages.body import BodyResult, TrackBodies
+from kinemesh.services.worker.stages.hands import HandPose as HandPoseResult
 from kinemesh.services.worker.stages.hands import HandsResult
 from kinemesh.services.worker.stages.kinematics import (
     CONVENTION,
@@ -216,14 +219,28 @@ def kinematics_summary(kin: KinematicsResult) -> KinematicsSummary:
                              out_of_range_frames=int(sum(t.violations.any(1).sum() for t in kin.tracks)))
 
 
+def _hand_pose(pose: HandPoseResult | None) -> HandPose | None:
+    if pose is None:
+        return None
+    aa = matrix_to_axis_angle(torch.from_numpy(np.concatenate([pose.orient[None], pose.fingers]))).numpy()
+    return HandPose(orient=tuple(_round(aa[0], 5)), fingers=_round(aa[1:], 5), joints_3d=_round(pose.joints_3d, 4),
+                    size=round(pose.size, 4))
+
+
 def _hands(hands: HandsResult | None, tid: int, index: int) -> Hands | None:
     """One person's hands in one frame for the result, or None when none was found."""
     found = hands.hands.get((tid, index)) if hands is not None else None
     if not found:
         return None
     return Hands(**{side: HandFrame(keypoints_2d=_round(h.keypoints_2d, 2), keypoints_3d=_round(h.keypoints_3d, 4),
-                                    score=float(np.clip(round(h.score, 4), 0.0, 1.0)))
+                                    score=float(np.clip(round(h.score, 4), 0.0, 1.0)), pose=_hand_pose(h.pose))
                     for side, h in found.items()})
+
+
+def hand_model_info(stage_pose_model: str | None) -> HandModelInfo:
+    """What found the hands and, when there is one, which model posed them."""
+    return HAND_MODEL.model_copy(update={"pose_model": stage_pose_model,
+                                         "joint_names": list(HAND_JOINTS) if stage_pose_model else []})
 
 
 def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, timings: list[StageTiming],
@@ -288,7 +305,7 @@ def build_result(tracks: KeypointTracks, options: JobOptions, clip: ClipInfo, ti
         tracks=track_docs,
         body_model=body_model,
         kinematics_model=kinematics_model_info(kinematics) if kinematics else None,
-        hand_model=HAND_MODEL if hands is not None else None,
+        hand_model=hand_model_info(hands.pose_model) if hands is not None else None,
         artifacts=artifact_infos(artifacts or {}),
     )
 

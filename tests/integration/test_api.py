@@ -214,6 +214,12 @@ def test_a_job_asking_for_hands_returns_them(acme: Client, clips: dict[str, Path
     assert len(with_hands) >= len(frames) // 2, (len(with_hands), len(frames))
     hand = next(h for f in with_hands for h in f["hands"].values() if h)
     assert len(hand["keypoints_2d"]) == 21 and len(hand["keypoints_3d"]) == 21
+    # posed by the default bundle's hand model: 15 finger rotations, the wrist's, 21 posed points
+    assert result["hand_model"]["pose_model"] == "mmhmr_hand_small" and len(result["hand_model"]["joint_names"]) == 16
+    pose = hand["pose"]
+    assert len(pose["fingers"]) == 15 and len(pose["joints_3d"]) == 21 and pose["size"] > 0
+    palm = np.linalg.norm(np.subtract(pose["joints_3d"][9], pose["joints_3d"][0]))
+    assert 0.05 < palm < 0.15, palm
     assert "body_model" not in result and any(t["stage"] == "hands" for t in result["timings"])
 
 

@@ -23,7 +23,8 @@ from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyStage
 
 REPO = Path(__file__).resolve().parents[2]
-GRAPHS = ("genhmr_step", "tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode", "neurik", "mqhmr")
+GRAPHS = ("genhmr_step", "tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode", "neurik", "mqhmr",
+          "hand_step", "hand_tokenizer_decode")
 UNTRAINED = {"mqhmr"}  # exported with random weights: listed, never served
 
 

@@ -136,3 +136,17 @@ def test_person_crops_sample_the_box_at_the_crop_aspect() -> None:
     outside = right > W + 1
     assert outside.any() and (crops[1, 2][:, outside] == 0).all()
     assert (crops[1, 2][:, right < W - 1] > 0.99).all()
+
+
+def test_rotation_fit_recovers_a_turn_from_its_projection() -> None:
+    from kinemesh.models.camera import fit_rotation_to_keypoints
+    from kinemesh.models.hands.synth import random_rotations
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(4, 21, 3, generator=g) * 0.05  # a non-planar cloud
+    turn = random_rotations(4, g)
+    seen = points @ turn.transpose(1, 2) * 7.0 + torch.tensor([0.3, -0.2, 5.0])  # scaled and shifted
+    uv = torch.stack([seen[..., 0], -seen[..., 1]], -1)  # box units, y down
+    fitted = fit_rotation_to_keypoints(points, uv)
+    assert torch.allclose(fitted, turn, atol=1e-4)
+    assert torch.allclose(torch.linalg.det(fitted), torch.ones(4), atol=1e-5)

@@ -44,29 +44,32 @@ def test_pytorch_file_with_a_wrapper_and_prefix(tmp_path: Path) -> None:
     assert _same(source, target, image)
 
 
-def test_vit_layout_of_timm_vitpose_hmr2(tmp_path: Path) -> None:
-    """A backbone saved as HMR2.0 does (fused qkv, proj, fc1/fc2, last_norm, a class-token position)."""
-    source, target, image = _pair()
-    state, theirs = source.state_dict(), {}
-    depth = len(source.backbone.blocks)
-    for k, v in state.items():
-        if not k.startswith("backbone."):
-            theirs[k] = v
+def _in_vit_layout(state: dict[str, torch.Tensor], prefix: str, depth: int, last_norm: str) -> dict[str, torch.Tensor]:
+    """Our ViT's tensors under `prefix` written as timm / ViTPose / HMR2.0 name them (fused qkv, proj,
+    fc1/fc2, `last_norm` for the final norm, a class token and its position slot); the rest as is."""
+    theirs = {k: v for k, v in state.items() if prefix and not k.startswith(prefix)}  # the rest of the model
     for i in range(depth):
-        b = f"backbone.blocks.{i}."
+        b = f"{prefix}blocks.{i}."
         for kind in ("weight", "bias"):
             theirs[f"{b}attn.qkv.{kind}"] = torch.cat([state[f"{b}attn.{x}.{kind}"] for x in "qkv"])
             theirs[f"{b}attn.proj.{kind}"] = state[f"{b}attn.out.{kind}"]
             theirs[f"{b}mlp.fc1.{kind}"] = state[f"{b}mlp.0.{kind}"]
             theirs[f"{b}mlp.fc2.{kind}"] = state[f"{b}mlp.2.{kind}"]
-            theirs[f"{b}norm1.{kind}"] = state[f"{b}norm1.{kind}"]
-            theirs[f"{b}norm2.{kind}"] = state[f"{b}norm2.{kind}"]
+            for n in ("norm1", "norm2"):
+                theirs[f"{b}{n}.{kind}"] = state[f"{b}{n}.{kind}"]
     for kind in ("weight", "bias"):
-        theirs[f"backbone.patch_embed.proj.{kind}"] = state[f"backbone.patch_embed.{kind}"]
-        theirs[f"backbone.last_norm.{kind}"] = state[f"backbone.norm.{kind}"]
-    pos = state["backbone.pos_embed"]
-    theirs["backbone.pos_embed"] = torch.cat([torch.randn(1, 1, pos.shape[2]), pos], 1)  # class-token slot first
-    theirs["backbone.cls_token"] = torch.randn(1, 1, pos.shape[2])
+        theirs[f"{prefix}patch_embed.proj.{kind}"] = state[f"{prefix}patch_embed.{kind}"]
+        theirs[f"{prefix}{last_norm}.{kind}"] = state[f"{prefix}norm.{kind}"]
+    pos = state[f"{prefix}pos_embed"]
+    theirs[f"{prefix}pos_embed"] = torch.cat([torch.randn(1, 1, pos.shape[2]), pos], 1)  # class-token slot first
+    theirs[f"{prefix}cls_token"] = torch.randn(1, 1, pos.shape[2])
+    return theirs
+
+
+def test_vit_layout_of_timm_vitpose_hmr2(tmp_path: Path) -> None:
+    """A backbone saved as HMR2.0 does (under `backbone.`, with last_norm)."""
+    source, target, image = _pair()
+    theirs = _in_vit_layout(source.state_dict(), "backbone.", len(source.backbone.blocks), "last_norm")
     torch.save(theirs, tmp_path / "hmr2_style.pt")
     load_checkpoint(target, read_checkpoint(tmp_path / "hmr2_style.pt"))
     assert _same(source, target, image)
@@ -104,20 +107,7 @@ def test_a_timm_vit_loads_into_the_backbone_graph() -> None:
     """The image-conditioned GenHMR's backbone (no prefix) from a timm-style ViT (no prefix either)."""
     torch.manual_seed(0)
     source = create_model("vit_small_256x192").eval()
-    state = source.state_dict()
-    theirs = {"cls_token": torch.zeros(1, 1, 192),
-              "pos_embed": torch.cat([torch.zeros(1, 1, 192), state["pos_embed"]], 1),
-              "patch_embed.proj.weight": state["patch_embed.weight"], "patch_embed.proj.bias": state["patch_embed.bias"],
-              "norm.weight": state["norm.weight"], "norm.bias": state["norm.bias"]}
-    for i in range(len(source.blocks)):
-        b = f"blocks.{i}."
-        for kind in ("weight", "bias"):
-            theirs[f"{b}attn.qkv.{kind}"] = torch.cat([state[f"{b}attn.{x}.{kind}"] for x in "qkv"])
-            theirs[f"{b}attn.proj.{kind}"] = state[f"{b}attn.out.{kind}"]
-            theirs[f"{b}mlp.fc1.{kind}"] = state[f"{b}mlp.0.{kind}"]
-            theirs[f"{b}mlp.fc2.{kind}"] = state[f"{b}mlp.2.{kind}"]
-            for n in ("norm1", "norm2"):
-                theirs[f"{b}{n}.{kind}"] = state[f"{b}{n}.{kind}"]
+    theirs = _in_vit_layout(source.state_dict(), "", len(source.blocks), "norm")
     torch.manual_seed(1)
     target = load_checkpoint(create_model("vit_small_256x192").eval(), theirs)
     image = torch.randn(2, 3, 256, 192)

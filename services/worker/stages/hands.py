@@ -13,6 +13,15 @@ side whose wrist is not visible (BlazePose visibility < 0.5) is not searched.
 Output per track: for every frame where a hand was found, per side: 21 landmarks in pixels (MediaPipe
 order, `mediapipe_hands.HAND_LANDMARKS`), 21 world landmarks in metres about the hand's centre, and
 the landmarker's score. The clip is decoded once more (the keypoint stage streams its frames).
+
+Hand pose (MMHMR's method, when the bundle has the trained hand graphs): all hands of the clip go
+through the exported masked transformer (`hand_step`: a graph network over the 21 keypoints, 64
+pose tokens, 5 confidence-guided decoding iterations) and the tokenizer's decoder
+(`hand_tokenizer_decode`): 15 finger joint rotations and the hand's size; the wrist's orientation
+in the camera frame is then the rotation that best lays the posed hand onto its 2D keypoints
+(`camera.fit_rotation_to_keypoints`; the transformer's own orientation head is much less precise).
+The model is a right hand, so a left hand's keypoints are mirrored (x -> -x) on
+the way in and its rotations (M R M, M = diag(-1, 1, 1)) and points on the way out.
 """
 
 from __future__ import annotations
@@ -25,7 +34,13 @@ import numpy as np
 import torch
 
 from kinemesh.models.assets.mediapipe_hands import task_path
-from kinemesh.models.camera import person_crops
+from kinemesh.models.backends import InferenceBackend
+from kinemesh.models.camera import fit_rotation_to_keypoints, normalize_keypoints, person_crops
+from kinemesh.models.export.bundle import Bundle
+from kinemesh.models.genhmr.decoding import BackendStepFn
+from kinemesh.models.genhmr.inference import BackendDecoder, predict_bodies
+from kinemesh.models.hands.skeleton import HandSkeleton
+from kinemesh.models.rotations import rot6d_to_matrix
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import DecodedVideo, KeypointTracks, StageContext
 
@@ -36,6 +51,16 @@ MIN_HALF_PX = 32.0
 MIN_WRIST_VISIBILITY = 0.5
 # BlazePose landmark ids per side: wrist, pinky, index, thumb
 POSE_HAND = {"left": (15, 17, 19, 21), "right": (16, 18, 20, 22)}
+HAND_GRAPHS = ("hand_step", "hand_tokenizer_decode")
+STEP_BATCH = 64  # hands per call of the step graph (a clip's hands decode together, in calls of this many)
+
+
+@dataclass
+class HandPose:
+    orient: np.ndarray  # (3, 3) the wrist's orientation, camera frame (x right, y up, z towards the viewer)
+    fingers: np.ndarray  # (15, 3, 3) finger joint rotations (thumb first), parent-relative, rest-frame axes
+    joints_3d: np.ndarray  # (21, 3) the posed hand's keypoints, metres, wrist at the origin, camera axes
+    size: float  # the hand's size over the skeleton's
 
 
 @dataclass
@@ -43,6 +68,7 @@ class HandObservation:
     keypoints_2d: np.ndarray  # (21, 2) float32, pixels of the upright frame
     keypoints_3d: np.ndarray  # (21, 3) float32, metres, MediaPipe hand world frame (about the hand's centre)
     score: float  # the landmarker's confidence in the hand (its handedness classifier's score)
+    pose: HandPose | None = None  # the hand model's pose (when the bundle has it)
 
 
 @dataclass
@@ -50,6 +76,7 @@ class HandsResult:
     # (track id, frame index) -> {"left" | "right": HandObservation}
     hands: dict[tuple[int, int], dict[str, HandObservation]] = field(default_factory=dict)
     searched: int = 0  # (person, frame, side) crops the landmarker looked at
+    pose_model: str | None = None  # the hand pose model's architecture (None: keypoints only)
 
     @property
     def found(self) -> int:
@@ -65,11 +92,25 @@ def hand_box(landmarks_2d: np.ndarray, side: str) -> tuple[np.ndarray, float]:
 
 
 class HandStage:
-    """Loads MediaPipe's hand landmarker once; `run` finds the tracked people's hands in a clip."""
+    """Loads MediaPipe's hand landmarker once; `run` finds the tracked people's hands in a clip and,
+    given a bundle with the hand graphs and a backend to run them, their pose."""
 
     name = STAGE
 
-    def __init__(self, model_dir: Path | str, min_detection_confidence: float = 0.3) -> None:
+    def __init__(self, model_dir: Path | str, min_detection_confidence: float = 0.3, bundle: Bundle | None = None,
+                 backend: InferenceBackend | None = None) -> None:
+        self.pose_model: str | None = None
+        if bundle is not None and backend is not None and all(
+                g in bundle.manifest["graphs"] and bundle.manifest["graphs"][g]["trained"] for g in HAND_GRAPHS):
+            for graph in HAND_GRAPHS:
+                backend.load(graph, bundle.graph_path(graph))
+            cfg = bundle.manifest["graphs"]["hand_step"]["config"]
+            self._step = BackendStepFn(backend, "hand_step", cfg["num_tokens"], cfg["codebook_size"],
+                                       max_batch=STEP_BATCH)
+            self._decoder = BackendDecoder(backend, "hand_tokenizer_decode")
+            self._skeleton = HandSkeleton.from_file(bundle.path(bundle.manifest["hands"]["skeleton"]))
+            self.iterations = int(bundle.manifest["hands"]["decoding"]["iterations"])
+            self.pose_model = bundle.manifest["graphs"]["hand_step"]["architecture"]
         path = task_path(model_dir)
         if not path.is_file():
             raise ModelUnavailable(f"MediaPipe hand model not found at {path}. Build it with "
@@ -99,7 +140,7 @@ class HandStage:
 
         wanted = {f.index: f.people for f in tracks.frames if f.people}
         total = max(len(wanted), 1)
-        out = HandsResult()
+        out = HandsResult(pose_model=self.pose_model)
         done = 0
         with self._lock:
             for batch in video.batches():
@@ -130,4 +171,31 @@ class HandStage:
                             out.hands.setdefault((tid, int(index)), {})[side] = HandObservation(
                                 xy.astype(np.float32), world, score)
                     ctx.progress(STAGE, done / total)
+            if self.pose_model is not None and out.hands:
+                self._poses(out)
         return out
+
+    def _poses(self, result: HandsResult) -> None:
+        """Every found hand's pose, all in one batched decoding."""
+        items = [(side, h) for sides in result.hands.values() for side, h in sides.items()]
+        xy = torch.from_numpy(np.stack([h.keypoints_2d for _, h in items]))  # (H, 21, 2)
+        left = torch.tensor([side == "left" for side, _ in items])
+        xy = torch.where(left[:, None, None], xy * torch.tensor([-1.0, 1.0]), xy)  # a left hand as a right one
+        keypoints = normalize_keypoints(xy, torch.ones(xy.shape[:2])).keypoints  # (H, 21, 3)
+        pred = predict_bodies(self._step, self._decoder, keypoints, self.iterations)
+        fingers = rot6d_to_matrix(pred.body6d)  # (H, 15, 3, 3)
+        size = pred.shape[:, 0].exp()  # (H,)
+        with torch.no_grad():
+            eye = torch.eye(3).expand(len(items), 1, 3, 3)
+            local = self._skeleton(torch.cat([eye, fingers], 1), size)  # (H, 21, 3) in the hand's own frame
+            # The wrist's orientation from the 2D keypoints and the decoded finger pose (the transformer's
+            # orientation head is far less precise than this fit: the pose is known, only a turn is left).
+            orient = fit_rotation_to_keypoints(local, keypoints[..., :2])  # (H, 3, 3)
+            points = local @ orient.transpose(1, 2)  # (H, 21, 3)
+        mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+        fingers = torch.where(left[:, None, None, None], mirror @ fingers @ mirror, fingers)
+        orient = torch.where(left[:, None, None], mirror @ orient @ mirror, orient)
+        points = torch.where(left[:, None, None], points * torch.tensor([-1.0, 1.0, 1.0]), points)
+        for k, (_, hand) in enumerate(items):
+            hand.pose = HandPose(orient[k].numpy(), fingers[k].numpy(), points[k].numpy().astype(np.float32),
+                                 float(size[k]))
