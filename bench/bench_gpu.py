@@ -182,7 +182,7 @@ def job_stages(device: torch.device, repeats: int, var: Path, frames: int = 64) 
         torch.manual_seed(0)
         model = create_model("mqhmr_small", shape_dim=32).eval()
         with torch.no_grad():
-            start = synthetic_start(model, model(torch.randn(frames, 3, 256, 192)), data.body6d, data.orient6d,
+            start = synthetic_start(model.pose_head, model(torch.randn(frames, 3, 256, 192)), data.body6d, data.orient6d,
                                     data.shape, data.keypoints, layer_cpu)
         model, layer_dev = model.to(device), layer_cpu.to(device)
         moved = type(start)(*(t.to(device) for t in start))
@@ -190,7 +190,7 @@ def job_stages(device: torch.device, repeats: int, var: Path, frames: int = 64) 
 
         def refine():
             with torch.enable_grad():
-                return refine_queries(layer_dev, model, moved, kp, world, RefineConfig(steps=20, lr=0.03))
+                return refine_queries(layer_dev, model.pose_head, moved, kp, world, RefineConfig(steps=20, lr=0.03))
 
         t = timed(lambda: refine(), lambda b: (), frames, device, max(3, repeats // 3), warmup=1)
         res = refine()

@@ -7,6 +7,12 @@
                checkpoint is public; parity does not depend on them).
   GFLOPs       per frame of each paper-size graph (PyTorch's flop counter: matrix products and
                convolutions), and the frames/s that 800 TFLOP/s would allow.
+  Triton       the default bundle served by a real tritonserver (nvidia-pytriton's, tests/triton) and called
+               through the project's Triton backend (gRPC): the largest difference from in-process ONNX
+               Runtime over every graph, and the time a call adds (median over 50 interleaved calls of
+               each, the body stage's genhmr_step call of 32 frames; the server runs each graph in ONNX
+               Runtime behind Triton's Python backend, on the same 2 cores).
+  hands        the default bundle's hand model through its ONNX graphs on 5000 held-out synthetic hands.
   refinement   MQ-HMR's query-token refinement on the synthetic case (`mqhmr.synthetic_start`: the true
                pose of 64 synthetic frames, every joint turned 15 degrees RMS, the shape off, its best
                camera), the relative drop of the mean reprojection error.
@@ -28,12 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kinemesh.models.export.onnx_export import export_graph  # noqa: E402
+from kinemesh.models.mqhmr.model import MQHMR_OUTPUTS  # noqa: E402
 from kinemesh.models.registry import create_model, model_config  # noqa: E402
 
 VAR = REPO / "var"
 TFLOPS = 800.0  # the accelerator rate the issue asks frames/s against
 GENHMR_ITERATIONS = 5  # decoding steps per frame
-MQ_OUTPUTS = ["body6d", "orient6d", "shape", "camera", "tokens"]
+MQ_OUTPUTS = list(MQHMR_OUTPUTS)
 
 DESCRIPTIONS = {
     "parity_max_abs": "largest |ONNX Runtime - PyTorch| over every graph's outputs: the default bundle's graphs, "
@@ -46,6 +53,15 @@ DESCRIPTIONS = {
     "gflops_genhmr_paper_frame": f"GFLOPs per frame of image-conditioned GenHMR: the backbone and {GENHMR_ITERATIONS} steps",
     **{f"fps_at_800_tflops_{g}": f"frames/s that {TFLOPS:g} TFLOP/s would allow for {g.replace('_', ' ')}"
        for g in ("mqhmr_paper", "genhmr_paper_frame")},
+    "triton_vs_ort_max_abs": "largest |Triton backend - in-process ONNX Runtime| over every graph of the default "
+                             "bundle's outputs (batch 1 and 3, random inputs)",
+    "triton_overhead_ms_p50": "median time of a genhmr_step call of 32 frames through Triton (gRPC, loopback) minus "
+                              "in-process ONNX Runtime's, interleaved, 50 each",
+    "triton_ms_p50": "the median Triton call itself",
+    "ort_ms_p50": "the median in-process ONNX Runtime call itself",
+    "hand_pa_mpjpe_mm_synth": "the default bundle's hand model (MMHMR's method, keypoint-conditioned, 5 decoding "
+                              "iterations through its ONNX graphs) on the held-out synthetic hands (seed 1, 5000): "
+                              "PA-MPJPE of the 21 keypoints, mm (target <= 15)",
     "mqhmr_refine_reproj_drop": "MQ-HMR query-token refinement (20 steps) on the synthetic case: 1 - mean "
                                 "reprojection error after / before (target >= 0.2)",
     "mqhmr_refine_reproj_before": "the mean reprojection error before, crop-box units",
@@ -108,12 +124,13 @@ def parity_figures(bundle: Path, paper: bool = True) -> dict[str, float]:
     out = {"parity_max_abs_bundle": max(v for g in manifest["graphs"].values() for v in g["parity_max_abs"].values())}
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="kinemesh-bench-export-") as tmp:
-        r = export_graph(_spread_heads(create_model("mqhmr_small")), {"image": torch.randn(2, 3, 256, 192)}, MQ_OUTPUTS, Path(tmp) / "s.onnx", opset=20)
+        r = export_graph(_spread_heads(create_model("mqhmr_small")), {"image": torch.randn(2, 3, 256, 192)},
+                         MQ_OUTPUTS, Path(tmp) / "s.onnx", opset=20)
         out["parity_max_abs_mqhmr_small"] = max(r.max_abs_diff.values())
         if paper:
             print("  exporting the paper-size MQ-HMR (2.6 GB of weights; minutes) ...", flush=True)
-            r = export_graph(_spread_heads(create_model("mqhmr_paper")), {"image": torch.randn(1, 3, 256, 192)}, MQ_OUTPUTS,
-                             Path(tmp) / "mq" / "model.onnx", opset=20, parity_batch_sizes=(1,))
+            r = export_graph(_spread_heads(create_model("mqhmr_paper")), {"image": torch.randn(1, 3, 256, 192)},
+                             MQ_OUTPUTS, Path(tmp) / "mq" / "model.onnx", opset=20, parity_batch_sizes=(1,))
             out["parity_max_abs_mqhmr_paper"] = max(r.max_abs_diff.values())
             print("  exporting the paper-size GenHMR step ...", flush=True)
             g = create_model("genhmr_paper")
@@ -138,11 +155,77 @@ def refine_figures(body_file: Path) -> dict[str, float]:
     model = create_model("mqhmr_small", shape_dim=32).eval()
     with torch.no_grad():
         out = model(torch.randn(64, 3, 256, 192))
-    start = synthetic_start(model, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
-    res = refine_queries(layer, model, start, data.keypoints, data.world)
+    start = synthetic_start(model.pose_head, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
+    res = refine_queries(layer, model.pose_head, start, data.keypoints, data.world)
     before, after = float(res.reproj_before.mean()), float(res.reproj_after.mean())
     return {"mqhmr_refine_reproj_drop": round(1 - after / before, 3), "mqhmr_refine_reproj_before": round(before, 4),
             "mqhmr_refine_reproj_after": round(after, 4)}
+
+
+def triton_figures(bundle: Path) -> dict[str, float]:
+    import time
+
+    import numpy as np
+
+    from kinemesh.models.backends import OrtBackend, TritonBackend
+    from kinemesh.models.export.bundle import open_bundle
+    from tests.triton.server import TritonServer
+
+    server = TritonServer.start(bundle, VAR / "cache" / "triton-venv")
+    try:
+        remote, local = TritonBackend(server.url), OrtBackend(device="cpu")
+        rng = np.random.default_rng(0)
+        worst = 0.0
+        graphs = open_bundle(bundle).manifest["graphs"]
+        for graph in graphs:
+            path = bundle / graphs[graph]["file"]
+            remote.load(graph, path)
+            local.load(graph, path)
+            for batch in (1, 3):
+                feeds = {s.name: (rng.integers(0, 10, (batch, *s.shape[1:])) if np.issubdtype(s.dtype, np.integer)
+                                  else rng.standard_normal((batch, *s.shape[1:]))).astype(s.dtype)
+                         for s in local.inputs(graph)}
+                got, want = remote.run(graph, feeds), local.run(graph, feeds)
+                worst = max(worst, max(float(np.abs(got[k].astype(np.float64) - want[k]).max()) for k in want))
+        feeds = {"token_ids": rng.integers(0, 10, (32, graphs["genhmr_step"]["inputs"][0]["dims"][0])),
+                 "keypoints": rng.random((32, 33, 3), dtype=np.float32)}
+        times: dict[str, list[float]] = {"triton": [], "ort": []}
+        for i in range(55):
+            for name, backend in (("triton", remote), ("ort", local)):
+                t0 = time.perf_counter()
+                backend.run("genhmr_step", feeds)
+                if i >= 5:  # warm-up
+                    times[name].append(time.perf_counter() - t0)
+        med = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    finally:
+        server.stop()
+    return {"triton_vs_ort_max_abs": float(f"{worst:.2e}"), "triton_ms_p50": round(med["triton"], 2),
+            "ort_ms_p50": round(med["ort"], 2), "triton_overhead_ms_p50": round(med["triton"] - med["ort"], 2)}
+
+
+def hand_figures(bundle_dir: Path) -> dict[str, float]:
+    from kinemesh.models.backends import OrtBackend
+    from kinemesh.models.export.bundle import open_bundle
+    from kinemesh.models.genhmr.decoding import BackendStepFn
+    from kinemesh.models.genhmr.inference import BackendDecoder, predict_bodies
+    from kinemesh.models.hands.skeleton import HandSkeleton
+    from kinemesh.models.hands.synth import generate
+    from kinemesh.models.rotations import rot6d_to_matrix
+    from kinemesh.models.training.metrics import pa_mpjpe_mm
+
+    bundle = open_bundle(bundle_dir)
+    backend = OrtBackend(device="cpu")
+    for graph in ("hand_step", "hand_tokenizer_decode"):
+        backend.load(graph, bundle.graph_path(graph))
+    skeleton = HandSkeleton.from_file(bundle.path(bundle.manifest["hands"]["skeleton"]))
+    data = generate(skeleton, 5000, seed=1)
+    cfg = bundle.manifest["graphs"]["hand_step"]["config"]
+    step = BackendStepFn(backend, "hand_step", cfg["num_tokens"], cfg["codebook_size"], max_batch=256)
+    pred = predict_bodies(step, BackendDecoder(backend, "hand_tokenizer_decode"), data.keypoints, 5)
+    rot = torch.cat([rot6d_to_matrix(pred.orient6d)[:, None], rot6d_to_matrix(pred.body6d)], 1)
+    with torch.no_grad():
+        points = skeleton(rot, pred.shape[:, 0].exp())
+    return {"hand_pa_mpjpe_mm_synth": round(float(pa_mpjpe_mm(points, data.keypoints3d).mean()), 2)}
 
 
 def model_figures(model_dir: Path, paper: bool = True) -> dict[str, float]:
@@ -150,6 +233,10 @@ def model_figures(model_dir: Path, paper: bool = True) -> dict[str, float]:
     out = flop_figures()
     print("models: MQ-HMR query refinement on the synthetic case ...", flush=True)
     out.update(refine_figures(model_dir / "body" / "anny_core.npz"))
+    print("models: the hand model on held-out synthetic hands ...", flush=True)
+    out.update(hand_figures(model_dir / "bundle" / "default"))
+    print("models: the bundle through a real tritonserver ...", flush=True)
+    out.update(triton_figures(model_dir / "bundle" / "default"))
     print("models: ONNX parity of every graph ...", flush=True)
     out.update(parity_figures(model_dir / "bundle" / "default", paper))
     return out
