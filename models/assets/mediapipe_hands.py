@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import zipfile
 from pathlib import Path
 
 from kinemesh.models.assets.mediapipe_pose import (
-    DEFAULT_CACHE,
     DEFAULT_OUT,
     LICENSE_FILE,
     LICENSE_MEMBER,
-    WHEEL_ENV,
     WHEEL_PROJECT,
     WHEEL_VERSION,
     BuildResult,
     ModelBuildError,
     _aligned_zip,
     _atomic_write,
-    _resolve_wheel,
     _sha256,
+    locate_wheel,
 )
 from kinemesh.models.assets.mediapipe_pose import is_built as pose_is_built
 from kinemesh.models.assets.wheel_cache import sha256_file
@@ -72,9 +69,7 @@ def build(out_dir: Path | str = DEFAULT_OUT, wheel: Path | str | None = None, ca
     if not force and is_built(out_dir):
         return BuildResult(target, json.loads((out_dir / MANIFEST_FILE).read_text()), skipped=True)
     t0 = time.perf_counter()
-    cache = Path(cache_dir or os.environ.get("KINEMESH_WHEEL_CACHE") or DEFAULT_CACHE)
-    wheel = wheel or os.environ.get(WHEEL_ENV) or None
-    wheel_path = _resolve_wheel(Path(wheel) if wheel else None, cache)
+    wheel_path = locate_wheel(wheel, cache_dir)
     try:
         with zipfile.ZipFile(wheel_path) as zf:
             sources = {member: zf.read(member) for member, _, _ in GRAPHS}

@@ -314,6 +314,14 @@ def _resolve_wheel(wheel: Path | None, cache_dir: Path) -> Path:
     )
 
 
+def locate_wheel(wheel: Path | str | None, cache_dir: Path | str | None) -> Path:
+    """The mediapipe wheel: `wheel`, else $KINEMESH_MEDIAPIPE_WHEEL, else one in `cache_dir` (default
+    $KINEMESH_WHEEL_CACHE or var/cache/wheels), else downloaded there with pip."""
+    cache = Path(cache_dir or os.environ.get("KINEMESH_WHEEL_CACHE") or DEFAULT_CACHE)
+    wheel = wheel or os.environ.get(WHEEL_ENV) or None
+    return _resolve_wheel(Path(wheel) if wheel else None, cache)
+
+
 def is_built(out_dir: Path | str, task_file: str = TASK_FILE, manifest_file: str = MANIFEST_FILE,
              builder_version: int = BUILDER_VERSION) -> bool:
     """True when `out_dir` holds a .task whose sha256 matches its manifest (this builder's, by default)."""
@@ -348,9 +356,7 @@ def build(
         return BuildResult(target, json.loads((out_dir / MANIFEST_FILE).read_text()), skipped=True)
 
     t0 = time.perf_counter()
-    cache = Path(cache_dir or os.environ.get("KINEMESH_WHEEL_CACHE") or DEFAULT_CACHE)
-    wheel = wheel or os.environ.get(WHEEL_ENV) or None
-    wheel_path = _resolve_wheel(Path(wheel) if wheel else None, cache)
+    wheel_path = locate_wheel(wheel, cache_dir)
     t_fetch = time.perf_counter() - t0
     try:
         with zipfile.ZipFile(wheel_path) as zf:
