@@ -150,9 +150,8 @@ def job_stages(device: torch.device, repeats: int, var: Path, frames: int = 64) 
     from kinemesh.models.biomech.neurik import load_neurik
     from kinemesh.models.body.assets import load_body_model
     from kinemesh.models.genhmr.refine import RefineConfig
-    from kinemesh.models.mqhmr import refine_queries, synthetic_start
-    from kinemesh.models.registry import create_model
-    from kinemesh.models.training.synth import generate
+    from kinemesh.models.mqhmr import refine_queries
+    from kinemesh.models.mqhmr.refine import synthetic_case
 
     out: dict = {}
     body_file = var / "models" / "body" / "anny_core.npz"
@@ -178,12 +177,7 @@ def job_stages(device: torch.device, repeats: int, var: Path, frames: int = 64) 
         traceback.print_exc()
     try:
         layer_cpu = load_body_model(body_file, num_shape=32)
-        data = generate(layer_cpu, 1, frames, seed=41, num_shape=32)
-        torch.manual_seed(0)
-        model = create_model("mqhmr_small", shape_dim=32).eval()
-        with torch.no_grad():
-            start = synthetic_start(model.pose_head, model(torch.randn(frames, 3, 256, 192)), data.body6d, data.orient6d,
-                                    data.shape, data.keypoints, layer_cpu)
+        model, start, data = synthetic_case(layer_cpu, frames=frames)
         model, layer_dev = model.to(device), layer_cpu.to(device)
         moved = type(start)(*(t.to(device) for t in start))
         kp, world = data.keypoints.to(device), data.world.to(device)

@@ -146,16 +146,11 @@ def parity_figures(bundle: Path, paper: bool = True) -> dict[str, float]:
 
 def refine_figures(body_file: Path) -> dict[str, float]:
     from kinemesh.models.body.assets import load_body_model
-    from kinemesh.models.mqhmr import refine_queries, synthetic_start
-    from kinemesh.models.training.synth import generate
+    from kinemesh.models.mqhmr import refine_queries
+    from kinemesh.models.mqhmr.refine import synthetic_case
 
     layer = load_body_model(body_file, num_shape=32)
-    data = generate(layer, 1, 64, seed=41, num_shape=32)
-    torch.manual_seed(0)
-    model = create_model("mqhmr_small", shape_dim=32).eval()
-    with torch.no_grad():
-        out = model(torch.randn(64, 3, 256, 192))
-    start = synthetic_start(model.pose_head, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
+    model, start, data = synthetic_case(layer, frames=64)
     res = refine_queries(layer, model.pose_head, start, data.keypoints, data.world)
     before, after = float(res.reproj_before.mean()), float(res.reproj_after.mean())
     return {"mqhmr_refine_reproj_drop": round(1 - after / before, 3), "mqhmr_refine_reproj_before": round(before, 4),

@@ -146,19 +146,8 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
     hand_skeleton.json and record.json), write the Triton configs and the manifest. Returns the manifest."""
     tok, model, record = load_trained(weights)
     tmp = _fresh(out)
-    N, K, D = tok.cfg.num_tokens, tok.cfg.codebook_size, tok.cfg.code_dim
-    J = tok.cfg.joints
     torch.manual_seed(0)
-    graphs = {
-        "genhmr_step": (MaskedPoseStepGraph(model), {
-            "token_ids": torch.randint(0, K + 1, (2, N)), "keypoints": torch.rand(2, 33, 3)},
-            list(MaskedPoseStepGraph.output_names), {"token_ids": (0, K + 1)}),
-        "tokenizer_decode": (TokenizerIndexDecoderGraph(tok), {"indices": torch.randint(0, K, (2, N))},
-                             ["rot6d"], {"indices": (0, K)}),
-        "tokenizer_decode_embeddings": (TokenizerEmbeddingDecoderGraph(tok), {"embeddings": torch.randn(2, N, D)},
-                                        ["rot6d"], None),
-        "tokenizer_encode": (TokenizerEncoderGraph(tok), {"rot6d": torch.randn(2, J, 6)}, ["indices", "z_e"], None),
-    }
+    graphs = _token_graphs(model, tok, 2, GENHMR_GRAPHS)
     meta: dict[str, dict[str, Any]] = {g: {"architecture": record[p]["preset"], "config": record[p]["config"],
                                            "training_record": "training_record.json",
                                            "weights": {"status": "trained", "record": "training_record.json"}}
@@ -178,12 +167,7 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
                             hands / "hand_tokenizer.pt")
         hstep = load_weights(hand_record["transformer"]["preset"], hand_record["transformer"]["overrides"],
                              hands / "hand_transformer.pt")
-        hN, hK = htok.cfg.num_tokens, htok.cfg.codebook_size
-        graphs["hand_step"] = (MaskedPoseStepGraph(hstep), {
-            "token_ids": torch.randint(0, hK + 1, (2, hN)), "keypoints": torch.rand(2, 21, 3)},
-            list(MaskedPoseStepGraph.output_names), {"token_ids": (0, hK + 1)})
-        graphs["hand_tokenizer_decode"] = (TokenizerIndexDecoderGraph(htok), {
-            "indices": torch.randint(0, hK, (2, hN))}, ["rot6d"], {"indices": (0, hK)})
+        graphs.update(_token_graphs(hstep, htok, 2, {"step": "hand_step", "decode": "hand_tokenizer_decode"}))
         for g, part in (("hand_step", "transformer"), ("hand_tokenizer_decode", "tokenizer")):
             meta[g] = {"architecture": hand_record[part]["preset"], "config": hand_record[part]["config"],
                        "training_record": "hand_record.json",
@@ -246,23 +230,10 @@ def build_config_bundle(config: str, weights: Path, body: Path, out: Path, name:
     vit, vit_weights = loaded("vit_backbone")
     step, step_weights = loaded("genhmr_step", shape_dim=shape_dim)
     tok, tok_weights = loaded("tokenizer")
-    if (step.cfg.num_tokens, step.cfg.codebook_size) != (tok.cfg.num_tokens, tok.cfg.codebook_size):
-        raise BundleError(f"{presets['genhmr_step']} and {presets['tokenizer']} disagree on tokens and codebook")
-    N, K, D, J = tok.cfg.num_tokens, tok.cfg.codebook_size, tok.cfg.code_dim, tok.cfg.joints
-    c = step.cfg
     graphs: dict[str, tuple] = {
         "mqhmr": (mq, {"image": torch.randn(batch, 3, *MQHMR_CROP)}, list(MQHMR_OUTPUTS), None),
         "vit_backbone": (vit, {"image": torch.randn(batch, 3, *MQHMR_CROP)}, ["image_tokens"], None),
-        "genhmr_step": (MaskedPoseStepGraph(step), {
-            "token_ids": torch.randint(0, K + 1, (batch, N)), "keypoints": torch.rand(batch, 33, 3),
-            "image_tokens": torch.randn(batch, c.image_tokens, c.image_dim)},
-            list(MaskedPoseStepGraph.output_names), {"token_ids": (0, K + 1)}),
-        "tokenizer_decode": (TokenizerIndexDecoderGraph(tok), {"indices": torch.randint(0, K, (batch, N))},
-                             ["rot6d"], {"indices": (0, K)}),
-        "tokenizer_decode_embeddings": (TokenizerEmbeddingDecoderGraph(tok), {"embeddings": torch.randn(batch, N, D)},
-                                        ["rot6d"], None),
-        "tokenizer_encode": (TokenizerEncoderGraph(tok), {"rot6d": torch.randn(batch, J, 6)}, ["indices", "z_e"],
-                             None),
+        **_token_graphs(step, tok, batch, GENHMR_GRAPHS),
     }
     meta = {"mqhmr": graph_entry(presets["mqhmr"], {"shape_dim": shape_dim}, mq_weights, crops=True),
             "vit_backbone": graph_entry(presets["vit_backbone"], {}, vit_weights, crops=True),
@@ -294,6 +265,36 @@ def _keypoint_conventions() -> dict[str, Any]:
         "joint_names": list(SMPL_JOINTS), "body_pose_joints": list(SMPL_JOINTS[1:22]),
         "landmark_names": list(BLAZEPOSE_LANDMARKS),
     }
+
+
+# the graphs of a masked token transformer and its tokenizer: part -> graph name (GenHMR's)
+GENHMR_GRAPHS = {"step": "genhmr_step", "decode": "tokenizer_decode", "decode_embeddings": "tokenizer_decode_embeddings",
+                 "encode": "tokenizer_encode"}
+
+
+def _token_graphs(step: torch.nn.Module, tok: torch.nn.Module, batch: int, names: dict[str, str]) -> dict[str, tuple]:
+    """Export specs (module, example inputs, output names, integer input ranges) of a masked token
+    transformer's decoding step and of its tokenizer's graphs, for the parts `names` maps to graph names
+    ("step", "decode", "decode_embeddings", "encode"). The step takes image tokens when the model has
+    an image condition."""
+    N, K, D, J = tok.cfg.num_tokens, tok.cfg.codebook_size, tok.cfg.code_dim, tok.cfg.joints
+    c = step.cfg
+    if (c.num_tokens, c.codebook_size) != (N, K):
+        raise BundleError(f"the transformer ({c.num_tokens} tokens, {c.codebook_size} codes) does not match its "
+                          f"tokenizer ({N}, {K})")
+    example = {"token_ids": torch.randint(0, K + 1, (batch, N)), "keypoints": torch.rand(batch, c.num_keypoints, 3)}
+    if c.image_dim > 0:
+        example["image_tokens"] = torch.randn(batch, c.image_tokens, c.image_dim)
+    specs = {
+        "step": lambda: (MaskedPoseStepGraph(step), example, list(MaskedPoseStepGraph.output_names),
+                         {"token_ids": (0, K + 1)}),
+        "decode": lambda: (TokenizerIndexDecoderGraph(tok), {"indices": torch.randint(0, K, (batch, N))}, ["rot6d"],
+                           {"indices": (0, K)}),
+        "decode_embeddings": lambda: (TokenizerEmbeddingDecoderGraph(tok), {"embeddings": torch.randn(batch, N, D)},
+                                      ["rot6d"], None),
+        "encode": lambda: (TokenizerEncoderGraph(tok), {"rot6d": torch.randn(batch, J, 6)}, ["indices", "z_e"], None),
+    }
+    return {name: specs[part]() for part, name in names.items()}
 
 
 def _checkpoint_file(folder: Path, graph: str) -> Path | None:

@@ -72,3 +72,20 @@ def synthetic_start(pose_head: nn.Module, out: MQHMROutput, body6d: Tensor, orie
         _, lm = layer.skeleton(full_rotations(rot[:, :J], rot[:, J]), noisy_shape, torch.zeros(T, 3))
         camera = fit_weak_perspective(lm, keypoints[..., :2], keypoints[..., 2])
     return MQHMROutput(rot[:, :J], rot[:, J], noisy_shape, camera, tokens)
+
+
+def synthetic_case(layer: BodyLayer, frames: int = 64, seed: int = 41, model_seed: int = 0):
+    """The refinement's synthetic case, as the test and the benchmarks use it: `frames` synthetic frames
+    (`training.synth.generate`, `seed`), an untrained small MQ-HMR (`model_seed`) run on noise crops,
+    and its outputs moved by `synthetic_start`. Returns (model, start, data)."""
+    from kinemesh.models.registry import create_model
+    from kinemesh.models.training.synth import generate
+
+    S = layer.config.num_shape
+    data = generate(layer, 1, frames, seed=seed, num_shape=S)
+    torch.manual_seed(model_seed)
+    model = create_model("mqhmr_small", shape_dim=S).eval()
+    with torch.no_grad():
+        out = model(torch.randn(frames, 3, 256, 192))
+    start = synthetic_start(model.pose_head, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
+    return model, start, data

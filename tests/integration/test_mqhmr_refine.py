@@ -8,20 +8,13 @@ import torch
 
 from kinemesh.models.body.assets import load_body_model
 from kinemesh.models.genhmr.refine import RefineConfig
-from kinemesh.models.mqhmr import BODY_JOINTS, refine_queries, synthetic_start
-from kinemesh.models.mqhmr.refine import MQHMR_REFINE
-from kinemesh.models.registry import create_model
-from kinemesh.models.training.synth import generate
+from kinemesh.models.mqhmr import BODY_JOINTS, refine_queries
+from kinemesh.models.mqhmr.refine import MQHMR_REFINE, synthetic_case
 
 
 def test_query_refinement_lowers_the_reprojection_error(body_file: Path) -> None:
     layer = load_body_model(body_file, num_shape=16)
-    data = generate(layer, 1, 24, seed=41, num_shape=16)
-    torch.manual_seed(0)
-    model = create_model("mqhmr_small", shape_dim=16).eval()
-    with torch.no_grad():
-        out = model(torch.randn(24, 3, 256, 192))
-    start = synthetic_start(model.pose_head, out, data.body6d, data.orient6d, data.shape, data.keypoints, layer)
+    model, start, data = synthetic_case(layer, frames=24)
     # the start really is what the model's own head gives for its tokens
     with torch.no_grad():
         assert torch.allclose(model.pose_head(start.tokens[:, :BODY_JOINTS]), start.body6d, atol=1e-4)
