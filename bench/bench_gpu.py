@@ -11,16 +11,24 @@ What it measures, each at several batch sizes, with CUDA events after warm-up:
   * frames/s, peak GPU memory per graph and batch, GFLOPs per frame (PyTorch's flop counter) and the
     TFLOP/s that implies.
 Weights of the paper-size graphs are random (no paper checkpoint is public): speed and memory do not
-depend on them; the fp16 error is measured on them too. ONNX Runtime's CUDA provider is not measured
-(the GPU machine has no onnxruntime-gpu). MediaPipe keypoints, PyAV decoding and OpenSim run on the
-CPU and are not part of this script. Output: one JSON object (stdout and --out).
+depend on them; the fp16 error is measured on them too.
+  * the ONNX Runtime path the worker serves (`onnxruntime_path`): the default bundle (--bundle) through
+    the CUDA execution provider with IO binding of torch CUDA tensors, as float32 and as an fp16 bundle,
+    batch sizes tuned on this card (`kinemesh bundle tune --device cuda`), and the body stage end to end
+    (decoding and refinement on the GPU) with its frames/s, peak memory and host copies. Where
+    onnxruntime has no CUDA provider (the lent GPU machine has no onnxruntime-gpu) this part says
+    "not measured" and why.
+MediaPipe keypoints, PyAV decoding and OpenSim run on the CPU and are not part of this script.
+Output: one JSON object (stdout and --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -197,6 +205,72 @@ def job_stages(device: torch.device, repeats: int, var: Path, frames: int = 64) 
     return out
 
 
+def onnxruntime_path(device: torch.device, bundle_dir: Path, repeats: int, frames: list[int]) -> dict:
+    """The ONNX Runtime path the worker runs: the bundle's graphs through the CUDA execution provider
+    with IO binding of torch CUDA tensors, float32 and float16 bundles, batch sizes tuned on this
+    card, and the body stage end to end (decoding + refinement) on a track of each length in
+    `frames`. "not measured" with the reason where this machine cannot run it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"status": "not measured: onnxruntime is not installed here"}
+    provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+    if provider not in ort.get_available_providers():
+        return {"status": f"not measured: this onnxruntime ({ort.__version__}) has no {provider} "
+                         "(install onnxruntime-gpu)"}
+    if not (bundle_dir / "manifest.json").is_file():
+        return {"status": f"not measured: no bundle at {bundle_dir} (make bundle, or carry it)"}
+    from kinemesh.models.backends import OrtBackend
+    from kinemesh.models.export.fp16 import build_fp16_bundle
+    from kinemesh.models.export.tuning import tune_bundle
+    from kinemesh.services.worker.stages.base import NullContext
+    from kinemesh.services.worker.stages.body import BodyStage
+
+    out: dict = {"status": "measured", "onnxruntime": ort.__version__, "provider": provider}
+    work = Path(tempfile.mkdtemp(prefix="kinemesh-gpu-"))
+    try:
+        fp32 = work / "fp32"
+        shutil.copytree(bundle_dir, fp32)
+        build_fp16_bundle(fp32, work / "fp16")
+        for name in ("fp32", "fp16"):
+            entry: dict = {}
+            try:
+                tuned = tune_bundle(work / name, device.type, repeats=max(3, repeats // 2))
+                entry["tuned"] = {g: {"batch": e["batch"], "items_per_s": e["items_per_s"]}
+                                  for g, e in tuned["graphs"].items()}
+                backend = OrtBackend(device=device.type)
+                stage = BodyStage(work / name, backend=backend, device=device)
+                stage.run(stage.rest_pose_track(32), NullContext(), meshes=False)  # warm-up
+                for n in frames:
+                    track = stage.rest_pose_track(n)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                        torch.cuda.reset_peak_memory_stats(device)
+                    t0 = time.perf_counter()
+                    stage.run(track, NullContext(), meshes=False)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    seconds = time.perf_counter() - t0
+                    entry[f"body_stage_{n}_frames"] = {
+                        "seconds": round(seconds, 3), "frames_per_s": round(n / seconds, 1),
+                        "peak_torch_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                        if device.type == "cuda" else None}
+                entry["host_copies"] = backend.host_copies  # 0: no feed crossed to the host between graphs
+                precision = {g: e["precision"]["fp16_max_rel"] for g, e in
+                             json.loads((work / name / "manifest.json").read_text())["graphs"].items()
+                             if "precision" in e}
+                if precision:
+                    entry["fp16_max_rel"] = precision
+            except Exception as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            out[name] = entry
+            print("onnxruntime", name, json.dumps(entry), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
@@ -206,6 +280,9 @@ def main() -> int:
     p.add_argument("--var", type=Path, default=REPO / "var")
     p.add_argument("--track-frames", type=int, default=64, help="frames of the track the job stages run on")
     p.add_argument("--stages-only", action="store_true", help="only the job stages, not the paper-size graphs")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle for the ONNX Runtime path (default: "
+                   "var/models/bundle/default)")
+    p.add_argument("--body-frames", default="64,512", help="track lengths the body stage runs on (ONNX Runtime path)")
     a = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -219,7 +296,9 @@ def main() -> int:
     result = {"info": info,
               "graphs": {} if a.stages_only else paper_graphs(device, [int(b) for b in a.batches.split(",")],
                                                               a.repeats, a.small),
-              "job_stages": job_stages(device, a.repeats, a.var, a.track_frames)}
+              "job_stages": job_stages(device, a.repeats, a.var, a.track_frames),
+              "onnxruntime": onnxruntime_path(device, a.bundle or a.var / "models" / "bundle" / "default", a.repeats,
+                                              [int(n) for n in a.body_frames.split(",")])}
     text = json.dumps(result, indent=2)
     if a.out:
         a.out.write_text(text + "\n")

@@ -13,6 +13,9 @@
                each, the body stage's genhmr_step call of 32 frames; the server runs each graph in ONNX
                Runtime behind Triton's Python backend, on the same 2 cores).
   hands        the default bundle's hand model through its ONNX graphs on 5000 held-out synthetic hands.
+  fp16         the default bundle converted to float16 (`kinemesh bundle fp16`): the recorded per-graph
+               error, and its effect on decoded tokens, joints and the hand model's error.
+  tuning       `kinemesh bundle tune` on this CPU: the batch chosen per graph and its items/s.
   refinement   MQ-HMR's query-token refinement on the synthetic case (`mqhmr.synthetic_start`: the true
                pose of 64 synthetic frames, every joint turned 15 degrees RMS, the shape off, its best
                camera), the relative drop of the mean reprojection error.
@@ -41,6 +44,7 @@ VAR = REPO / "var"
 TFLOPS = 800.0  # the accelerator rate the issue asks frames/s against
 GENHMR_ITERATIONS = 5  # decoding steps per frame
 MQ_OUTPUTS = list(MQHMR_OUTPUTS)
+TUNED_GRAPHS = ("genhmr_step", "mqhmr", "neurik", "hand_step")  # the graphs a job's stages call in batches
 
 DESCRIPTIONS = {
     "parity_max_abs": "largest |ONNX Runtime - PyTorch| over every graph's outputs: the default bundle's graphs, "
@@ -66,6 +70,16 @@ DESCRIPTIONS = {
                                 "reprojection error after / before (target >= 0.2)",
     "mqhmr_refine_reproj_before": "the mean reprojection error before, crop-box units",
     "mqhmr_refine_reproj_after": "the same after",
+    "fp16_max_rel_worst": "the fp16 bundle (`kinemesh bundle fp16`): the largest |fp16 - fp32| over the float32 "
+                          "output's largest magnitude, over every graph and output (random inputs as the parity check)",
+    "fp16_genhmr_token_agreement": "share of pose tokens the fp16 bundle decodes as the float32 one does "
+                                   "(1024 synthetic frames, 5 iterations)",
+    "fp16_genhmr_joint_diff_mm": "mean distance between the fp16 and float32 bundles' decoded joints, mm (the same frames)",
+    "fp16_hand_pa_mpjpe_mm_synth": "hand_pa_mpjpe_mm_synth with the fp16 bundle's hand graphs",
+    **{f"cpu_tuned_batch_{g}": f"`kinemesh bundle tune` on this CPU: the batch chosen for {g} (smallest within 5% "
+                               "of the best items/s)" for g in TUNED_GRAPHS},
+    **{f"cpu_items_per_s_{g}": f"items/s of {g} at that batch (IO-bound ONNX Runtime calls, CPU)" for g in TUNED_GRAPHS},
+    "cpu_genhmr_step_items_per_s_by_batch": "items/s of the GenHMR step at each batch size tried, CPU",
 }
 
 
@@ -223,6 +237,51 @@ def hand_figures(bundle_dir: Path) -> dict[str, float]:
     return {"hand_pa_mpjpe_mm_synth": round(float(pa_mpjpe_mm(points, data.keypoints3d).mean()), 2)}
 
 
+def fp16_figures(bundle_dir: Path, work: Path) -> dict[str, float]:
+    """The default bundle as an fp16 bundle (`kinemesh bundle fp16`): its recorded per-graph error, and
+    what it changes at the task level: GenHMR's decoded tokens and joints on synthetic bodies, the
+    hand model's PA-MPJPE."""
+    from kinemesh.models.export.fp16 import build_fp16_bundle
+    from kinemesh.models.genhmr.inference import full_rotations, predict_bodies
+    from kinemesh.models.training.synth import generate
+    from kinemesh.services.worker.stages.body import BodyStage
+
+    half_dir = work / "default-fp16"
+    manifest = build_fp16_bundle(bundle_dir, half_dir)
+    worst = max(max(e["precision"]["fp16_max_rel"].values()) for e in manifest["graphs"].values())
+    full, half = BodyStage(bundle_dir), BodyStage(half_dir)
+    data = generate(full.layer, 64, 16, seed=41, num_shape=full.layer.config.num_shape)
+    a = predict_bodies(full.step_fn, full.decoder_fn, data.keypoints, full.iterations)
+    b = predict_bodies(half.step_fn, half.decoder_fn, data.keypoints, half.iterations)
+
+    def joints(p) -> torch.Tensor:
+        with torch.no_grad():
+            return full.layer.skeleton(full_rotations(p.body6d, p.orient6d), p.shape, torch.zeros(len(p.shape), 3))[0]
+
+    return {"fp16_max_rel_worst": float(f"{worst:.2e}"),
+            "fp16_genhmr_token_agreement": round(float((a.token_ids == b.token_ids).float().mean()), 4),
+            "fp16_genhmr_joint_diff_mm": round(float((joints(a) - joints(b)).norm(dim=-1).mean()) * 1000, 3),
+            "fp16_hand_pa_mpjpe_mm_synth": hand_figures(half_dir)["hand_pa_mpjpe_mm_synth"]}
+
+
+def tuning_figures(bundle_dir: Path, work: Path) -> dict[str, float]:
+    """`kinemesh bundle tune` on this CPU (a copy of the default bundle): each graph's tuned batch and
+    its items/s there, and the curve of the GenHMR step."""
+    import shutil
+
+    from kinemesh.models.export.tuning import tune_bundle
+
+    shutil.copytree(bundle_dir, work / "tuned")
+    entry = tune_bundle(work / "tuned", "cpu", list(TUNED_GRAPHS))
+    out: dict[str, float] = {}
+    for graph, e in entry["graphs"].items():
+        out[f"cpu_tuned_batch_{graph}"] = e["batch"]
+        out[f"cpu_items_per_s_{graph}"] = e["items_per_s"][str(e["batch"])]
+    out["cpu_genhmr_step_items_per_s_by_batch"] = ", ".join(
+        f"{b}: {v:g}" for b, v in entry["graphs"]["genhmr_step"]["items_per_s"].items())
+    return out
+
+
 def model_figures(model_dir: Path, paper: bool = True) -> dict[str, float]:
     print("models: GFLOPs of the paper-size graphs ...", flush=True)
     out = flop_figures()
@@ -232,6 +291,11 @@ def model_figures(model_dir: Path, paper: bool = True) -> dict[str, float]:
     out.update(hand_figures(model_dir / "bundle" / "default"))
     print("models: the bundle through a real tritonserver ...", flush=True)
     out.update(triton_figures(model_dir / "bundle" / "default"))
+    with tempfile.TemporaryDirectory() as tmp:
+        print("models: the fp16 bundle against float32 ...", flush=True)
+        out.update(fp16_figures(model_dir / "bundle" / "default", Path(tmp)))
+        print("models: batch sizes tuned on this CPU ...", flush=True)
+        out.update(tuning_figures(model_dir / "bundle" / "default", Path(tmp)))
     print("models: ONNX parity of every graph ...", flush=True)
     out.update(parity_figures(model_dir / "bundle" / "default", paper))
     return out

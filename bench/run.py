@@ -259,7 +259,7 @@ def gpu_markdown(results: dict[str, float], path: Path = REPO / "bench" / "gpu_r
               "Measured by `bench/gpu.sh` (bench/gpu_results.json holds every figure and the commands). PyTorch's "
               "CUDA path: fp32 without TF32, fp16 = half-precision weights and activations; CUDA events, median "
               "of 10 calls after 3 warm-ups; random weights (speed does not depend on them). ONNX Runtime's CUDA "
-              "provider: not yet measured (the machine has no onnxruntime-gpu).", "",
+              f"provider: {ort_status(gpu)}.", "",
               "| graph | params (M) | fp32 frames/s (batch 1 / 16 / 64 / 128) | fp16 frames/s (same) | peak GiB fp32 / fp16 at 128 | fp16 max abs vs fp32 | fp16 TFLOP/s |",
               "|---|---|---|---|---|---|---|"]
     for name, g in gpu["graphs"].items():
@@ -275,7 +275,34 @@ def gpu_markdown(results: dict[str, float], path: Path = REPO / "bench" / "gpu_r
             if "error" not in r:
                 extra = f" (reprojection drop {r['reproj_drop']})" if "reproj_drop" in r else ""
                 lines.append(f"| {stage}{extra} | {r['batch']} | {r['ms_per_call']} | {r['frames_per_s']:,.0f} |")
-    return [*lines, ""]
+    return [*lines, "", *ort_markdown(gpu), ""]
+
+
+def ort_status(gpu: dict) -> str:
+    status = gpu.get("onnxruntime", {}).get("status", "not measured: this run predates it")
+    return "measured (below)" if status == "measured" else status
+
+
+def ort_markdown(gpu: dict) -> list[str]:
+    """bench/gpu.sh's ONNX Runtime part, when it was measured: the body stage on IO-bound CUDA graphs,
+    float32 and fp16 bundles, and the batch sizes tuned on the card."""
+    ort = gpu.get("onnxruntime", {})
+    if ort.get("status") != "measured":
+        return []
+    lines = [f"ONNX Runtime {ort['onnxruntime']} ({ort['provider']}, IO binding of torch tensors):", "",
+             "| bundle | body stage frames/s by track length | peak GiB | host copies | tuned batches |",
+             "|---|---|---|---|---|"]
+    for name in ("fp32", "fp16"):
+        e = ort.get(name, {})
+        if "error" in e:
+            lines.append(f"| {name} | failed: {e['error']} | | | |")
+            continue
+        runs = {k: v for k, v in e.items() if k.startswith("body_stage_")}
+        fps = " / ".join(f"{v['frames_per_s']:g} ({k.split('_')[2]})" for k, v in runs.items())
+        peak = max((v["peak_torch_gib"] or 0.0) for v in runs.values()) if runs else ""
+        tuned = ", ".join(f"{g} {t['batch']}" for g, t in e.get("tuned", {}).items())
+        lines.append(f"| {name} | {fps} | {peak} | {e.get('host_copies')} | {tuned} |")
+    return lines
 
 
 if __name__ == "__main__":

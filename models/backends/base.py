@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 
 class GraphNotLoaded(KeyError):
@@ -56,3 +57,32 @@ def prepare_feeds(graph: str, specs: list[TensorSpec], feeds: dict[str, np.ndarr
             raise ValueError(f"{graph}.{name}: rank {array.ndim}, expected shape {spec.shape}")
         prepared[name] = np.ascontiguousarray(array, dtype=spec.dtype)
     return prepared
+
+
+def run_tensors(backend: InferenceBackend, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run `graph` on torch tensors; outputs are torch tensors on the feeds' device.
+
+    A backend that binds device memory (`OrtBackend.run_bound`: IO binding, DLPack) runs in place,
+    so a CUDA job keeps its tensors on the GPU from graph to refinement; any other (Triton, whose
+    gRPC transport is host memory anyway) goes through numpy."""
+    bound = getattr(backend, "run_bound", None)
+    if bound is not None:
+        out = bound(graph, feeds)
+    else:
+        out = {k: torch.from_numpy(np.asarray(v))
+               for k, v in backend.run(graph, {k: t.detach().cpu().numpy() for k, t in feeds.items()}).items()}
+    device = next(iter(feeds.values())).device
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def random_inputs(specs: list[TensorSpec], batch: int, int_high: int, device: torch.device,
+                  gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Inputs for a graph's TensorSpecs at `batch`: standard normal floats, integers in [0, int_high)."""
+    feeds = {}
+    for s in specs:
+        shape = (batch, *(d if isinstance(d, int) else 1 for d in s.shape[1:]))
+        if s.dtype.kind in "iu":
+            feeds[s.name] = torch.randint(0, int_high, shape, generator=gen).to(device)
+        else:
+            feeds[s.name] = torch.randn(shape, generator=gen).to(device)
+    return feeds

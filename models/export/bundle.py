@@ -55,6 +55,7 @@ from kinemesh.models.camera import BOX_MARGIN, MIN_CONFIDENCE
 from kinemesh.models.export.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
 from kinemesh.models.export.onnx_export import export_graph
 from kinemesh.models.export.triton import tensor_specs_from_onnx, write_triton_config
+from kinemesh.models.export.tuning import device_key, tuned_batch
 from kinemesh.models.genhmr import MaskedPoseStepGraph
 from kinemesh.models.landmarks import BLAZEPOSE_LANDMARKS
 from kinemesh.models.mqhmr.model import MQHMR_OUTPUTS
@@ -385,6 +386,15 @@ class Bundle:
         return entry.get("weights") or {"status": "trained" if entry.get("trained") else "untrained",
                                         "needs": "a trained checkpoint"}
 
+    def batch_for(self, graph: str, backend: Any, default: int | None) -> int | None:
+        """Items per call of `graph` on `backend`: the batch this bundle was tuned to on the backend's
+        device (`kinemesh bundle tune`, see `tuning.py`), else `default`. Only in-process backends have
+        a device; a Triton server batches for itself."""
+        device = getattr(backend, "device", None)
+        if device is None:
+            return default
+        return tuned_batch(self.manifest, graph, device_key(device, getattr(backend, "device_id", 0))) or default
+
     def summary(self) -> dict[str, Any]:
         return {"name": self.manifest["name"], "version": self.manifest["version"],
                 "body_model": self.manifest["body_model"]["id"],
@@ -447,7 +457,20 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("show", help="what each graph of a bundle is: architecture, trained or not, weights")
     s.add_argument("bundle", nargs="?", default="var/models/bundle/default")
     s.add_argument("--json", action="store_true", help="the summary as JSON")
+    h = sub.add_parser("fp16", help="a float16 copy of a bundle, each graph's error against float32 measured")
+    h.add_argument("bundle", nargs="?", default="var/models/bundle/default")
+    h.add_argument("--out", default=None, help="the new bundle's folder (default: <bundle>-fp16)")
+    h.add_argument("--graphs", default=None, help="comma-separated graphs to convert (default: every float graph)")
+    t = sub.add_parser("tune", help="measure items/s per batch size of each graph on this machine's device and "
+                                    "record the tuned batch sizes in the manifest")
+    t.add_argument("bundle", nargs="?", default="var/models/bundle/default")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.add_argument("--graphs", default=None, help="comma-separated graphs (default: all)")
+    t.add_argument("--max-batch", type=int, default=MAX_BATCH)
+    t.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its choice)")
     a = p.parse_args(argv)
+    if a.cmd in ("fp16", "tune"):
+        return _derive(a)
     if a.cmd == "show":
         try:
             summary = open_bundle(a.bundle).summary()
@@ -473,6 +496,32 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(v for g in manifest["graphs"].values() for v in g["parity_max_abs"].values())
     marks = ", ".join(f"{g} {'trained' if e['trained'] else 'UNTRAINED'}" for g, e in manifest["graphs"].items())
     print(f"bundle built: {out} ({len(manifest['graphs'])} graphs: {marks}; parity max abs {worst:.2e})")
+    return 0
+
+
+def _derive(a: argparse.Namespace) -> int:
+    """`fp16` and `tune`: work on an existing bundle."""
+    from kinemesh.models.backends.ort import ProviderUnavailable
+    from kinemesh.models.export.fp16 import build_fp16_bundle
+    from kinemesh.models.export.tuning import tune_bundle
+
+    graphs = a.graphs.split(",") if a.graphs else None
+    try:
+        if a.cmd == "fp16":
+            out = Path(a.out or f"{str(a.bundle).rstrip('/')}-fp16")
+            manifest = build_fp16_bundle(Path(a.bundle), out, graphs)
+            for g, e in manifest["graphs"].items():
+                if "precision" in e:
+                    worst = max(e["precision"].get("fp16_max_rel", {"-": 0.0}).values())
+                    print(f"  {g}: fp16, largest error {worst:.2%} of the output's range")
+            print(f"fp16 bundle built: {out}")
+        else:
+            entry = tune_bundle(Path(a.bundle), a.device, graphs, a.max_batch, threads=a.threads)
+            for g, e in entry["graphs"].items():
+                print(f"  {g}: batch {e['batch']}  (items/s by batch: {e['items_per_s']})")
+    except (BundleError, ProviderUnavailable) as exc:
+        print(f"bundle {a.cmd} failed: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kinemesh.models.backends.base import run_tensors
+
 ArrayLike = Tensor | np.ndarray
 
 
@@ -114,8 +116,8 @@ def masked_decode(
     N = num_tokens if num_tokens is not None else step_fn.num_tokens  # type: ignore[attr-defined]
     K = mask_id if mask_id is not None else step_fn.mask_id  # type: ignore[attr-defined]
     B = keypoints.shape[0]
-    ids = torch.full((B, N), K, dtype=torch.int64)  # (B, N) all [MASK]
-    conf = torch.zeros(B, N)  # (B, N)
+    ids = torch.full((B, N), K, dtype=torch.int64, device=keypoints.device)  # (B, N) all [MASK]
+    conf = torch.zeros(B, N, device=keypoints.device)  # (B, N)
     history: list[DecodeStep] = []
     shape = camera = orient = None
     for left in masked_counts(N, iterations):
@@ -161,7 +163,8 @@ class TorchStepFn:
 
 
 class BackendStepFn:
-    """Adapter over an inference backend's `run(graph, feeds)` (e.g. `OrtBackend`) for one step graph.
+    """Adapter over an inference backend (e.g. `OrtBackend`) for one step graph, on torch tensors of any
+    device (`run_tensors`: IO binding on ONNX Runtime, so a CUDA decode stays on the GPU).
 
     The graph's inputs are token_ids, keypoints and (if the model has an image condition)
     image_tokens; its outputs logits, shape, camera, orient (see `MaskedPoseStepGraph`).
@@ -179,19 +182,19 @@ class BackendStepFn:
         self.mask_id = mask_id
         self.max_batch = max_batch
 
-    def _run(self, token_ids: Tensor, keypoints: Tensor, image_tokens: Tensor | None) -> dict[str, np.ndarray]:
-        feeds = {"token_ids": token_ids.numpy(), "keypoints": keypoints.numpy()}
+    def _run(self, token_ids: Tensor, keypoints: Tensor, image_tokens: Tensor | None) -> dict[str, Tensor]:
+        feeds = {"token_ids": token_ids, "keypoints": keypoints}
         if image_tokens is not None:
-            feeds["image_tokens"] = image_tokens.numpy()
-        return self.backend.run(self.graph, feeds)
+            feeds["image_tokens"] = image_tokens
+        return run_tensors(self.backend, self.graph, feeds)
 
     def __call__(
         self, token_ids: Tensor, keypoints: Tensor, image_tokens: Tensor | None
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, Tensor]:
         B = token_ids.shape[0]
         if self.max_batch is None or B <= self.max_batch:
             return self._run(token_ids, keypoints, image_tokens)
         parts = [self._run(token_ids[i:i + self.max_batch], keypoints[i:i + self.max_batch],
                            None if image_tokens is None else image_tokens[i:i + self.max_batch])
                  for i in range(0, B, self.max_batch)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}

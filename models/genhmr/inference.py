@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kinemesh.models.genhmr.decoding import ArrayLike, StepFn, _as_tensor, masked_decode
+from kinemesh.models.backends.base import run_tensors
+from kinemesh.models.genhmr.decoding import ArrayLike, StepFn, masked_decode
 from kinemesh.models.rotations import rot6d_to_matrix
 
 
@@ -40,15 +41,16 @@ class TorchDecoder:
 
 
 class BackendDecoder:
-    """token ids (B, N) -> body6d through a backend's exported index-decoder graph (input "indices")."""
+    """token ids (B, N) -> body6d through a backend's exported index-decoder graph (input "indices"), on
+    the ids' device."""
 
     def __init__(self, backend: Any, graph: str) -> None:
         self.backend = backend
         self.graph = graph
 
     def __call__(self, token_ids: Tensor) -> Tensor:
-        out = self.backend.run(self.graph, {"indices": token_ids.numpy()})
-        return _as_tensor(next(iter(out.values())) if isinstance(out, dict) else out[0]).float()
+        out = run_tensors(self.backend, self.graph, {"indices": token_ids})
+        return next(iter(out.values())).float()
 
 
 def predict_bodies(step_fn: StepFn, decoder: Any, keypoints: ArrayLike, iterations: int = 5,

@@ -8,10 +8,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from kinemesh.models.backends import BackendUnavailable, InferenceBackend, OrtBackend, TritonBackend
+from kinemesh.models.backends.ort import ProviderUnavailable
 from kinemesh.models.genhmr.refine import RefineConfig
 from kinemesh.services.common.bundle_check import graphs_for
-from kinemesh.services.common.errors import InferenceUnavailable
+from kinemesh.services.common.errors import InferenceUnavailable, ModelUnavailable
 from kinemesh.services.common.schemas import BodyModelInfo, ClipInfo, JobOptions, KinemeshResult, StageTiming
 from kinemesh.services.common.settings import Settings
 from kinemesh.services.worker.results import build_result, keypoints_npz
@@ -69,15 +72,32 @@ class Pipeline:
         s = self.settings
         if s.inference_backend == "triton":
             return TritonBackend(s.triton_url)
-        return OrtBackend(intra_op_threads=s.inference_threads)
+        return OrtBackend(device=s.device, intra_op_threads=s.inference_threads, device_id=s.cuda_device)
+
+    def torch_device(self, backend: InferenceBackend) -> torch.device:
+        """The device of the body stage's tensors. `auto`: the GPU when PyTorch has CUDA and the graphs
+        run on it too (in-process CUDA provider, or a Triton server), else the CPU, so that auto never
+        puts the refinement on a GPU whose graphs would run on the host."""
+        s = self.settings
+        gpu = torch.device("cuda", s.cuda_device)
+        if s.device == "cuda":
+            if not torch.cuda.is_available():
+                raise ModelUnavailable("KINEMESH_DEVICE=cuda but this PyTorch build sees no CUDA device")
+            return gpu
+        graphs_on_gpu = isinstance(backend, TritonBackend) or getattr(backend, "device", "cpu") == "cuda"
+        return gpu if s.device == "auto" and torch.cuda.is_available() and graphs_on_gpu else torch.device("cpu")
 
     def body_stage(self) -> BodyStage:
         if self._body is None:
             try:
+                backend = self.backend()
                 self._body = BodyStage(self.settings.bundle_dir, RefineConfig(steps=self.settings.refine_steps),
-                                       backend=self.backend(), decode_rate_hz=self.settings.decode_rate_hz)
+                                       backend=backend, decode_rate_hz=self.settings.decode_rate_hz,
+                                       device=self.torch_device(backend))
             except BackendUnavailable as exc:
                 raise InferenceUnavailable(str(exc)) from exc
+            except ProviderUnavailable as exc:
+                raise ModelUnavailable(str(exc)) from exc
         return self._body
 
     def hand_stage(self) -> HandStage:

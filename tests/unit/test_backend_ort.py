@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from kinemesh.models.backends import GraphNotLoaded, OrtBackend
-from kinemesh.models.backends.ort import choose_providers
+from kinemesh.models.backends import GraphNotLoaded, OrtBackend, run_tensors
+from kinemesh.models.backends.ort import ProviderUnavailable, choose_providers
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,65 @@ def test_provider_choice_on_this_machine() -> None:
     assert choose_providers("cpu") == ["CPUExecutionProvider"]
     assert choose_providers("auto")[0] == ("CUDAExecutionProvider" if has_cuda else "CPUExecutionProvider")
     if not has_cuda:
-        with pytest.raises(RuntimeError, match="CUDA requested"):
+        with pytest.raises(ProviderUnavailable, match="CUDA requested"):
             choose_providers("cuda")
     with pytest.raises(ValueError):
         choose_providers("tpu")
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_bound_run_on_torch_tensors_equals_the_numpy_run(affine, batch: int) -> None:
+    """IO binding: inputs bound where they lie, outputs allocated by ONNX Runtime and handed to torch
+    through DLPack; same numbers as `run`, no copy between devices."""
+    path, w, b = affine
+    backend = OrtBackend(device="cpu")
+    backend.load("affine", path)
+    x = torch.randn(batch, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(batch))
+    y = backend.run_bound("affine", {"x": x})["y"]  # float64 in: cast to float32 on its device
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and tuple(y.shape) == (batch, 3)
+    assert torch.equal(y, torch.from_numpy(backend.run("affine", {"x": x.numpy()})["y"]))
+    np.testing.assert_allclose(y.numpy(), x.float().numpy() @ w + b, atol=1e-5)
+    first = y.clone()
+    backend.run_bound("affine", {"x": torch.zeros(batch, 4)})  # a later call does not overwrite earlier outputs
+    assert torch.equal(y, first) and backend.host_copies == 0
+
+
+def test_bound_run_refuses_wrong_feeds(affine) -> None:
+    backend = OrtBackend(device="cpu")
+    backend.load("affine", affine[0])
+    with pytest.raises(ValueError, match="takes inputs"):
+        backend.run_bound("affine", {"z": torch.zeros(1, 4)})
+    with pytest.raises(ValueError, match="rank"):
+        backend.run_bound("affine", {"x": torch.zeros(4)})
+    with pytest.raises(GraphNotLoaded):
+        backend.run_bound("missing", {"x": torch.zeros(1, 4)})
+
+
+def test_bound_run_reads_non_contiguous_views(affine) -> None:
+    """A transposed or sliced view is bound through a contiguous copy, not read with the wrong strides."""
+    path, w, b = affine
+    backend = OrtBackend(device="cpu")
+    backend.load("affine", path)
+    x = torch.randn(4, 10)[:, ::2].T  # (5, 4), non-contiguous
+    y = run_tensors(backend, "affine", {"x": x})["y"]
+    np.testing.assert_allclose(y.numpy(), x.numpy() @ w + b, atol=1e-5)
+
+
+class _NumpyOnly:
+    """A backend with `run` only (as TritonBackend): run_tensors goes through numpy for it."""
+
+    def __init__(self, inner: OrtBackend) -> None:
+        self.inner = inner
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.inner.run(graph, feeds)
+
+
+def test_run_tensors_serves_backends_without_binding(affine) -> None:
+    backend = OrtBackend(device="cpu")
+    backend.load("affine", affine[0])
+    x = torch.randn(3, 4)
+    bound = run_tensors(backend, "affine", {"x": x})["y"]
+    host = run_tensors(_NumpyOnly(backend), "affine", {"x": x})["y"]
+    assert isinstance(host, torch.Tensor) and host.device == x.device
+    assert torch.equal(bound, host)

@@ -4,11 +4,16 @@ Per track, the frames where the person was seen are normalised to the person box
 (GenHMR, the default) decoded by the exported masked transformer and token decoder, or (MQ-HMR)
 cropped from the frames (aspect-preserving 256 x 192 around the person box, normalised as the bundle
 says) and run through the exported MQ-HMR graph, both through the worker's inference backend (ONNX
-Runtime in process); then refined in PyTorch over the whole track (GenHMR's token embeddings or
+Runtime in process, or Triton); then refined in PyTorch over the whole track (GenHMR's token embeddings or
 MQ-HMR's joint query tokens, root orientation, camera, one shape). A body model whose graphs carry
 untrained weights is refused with `model_untrained` before any work. Outputs are in the camera frame of a pinhole camera with an
 assumed focal length of max(width, height) pixels: x right, y up, z towards the viewer (the
 camera looks down -z), metres.
+
+Device: the graphs' inputs and outputs, the decoding loop and the refinement are torch tensors on
+the stage's `device` (`KINEMESH_DEVICE`). On a GPU with ONNX Runtime's CUDA provider, graphs run
+through IO binding on those tensors (`run_tensors`), so nothing crosses to the host between the
+graphs and the refinement; the finished track comes back to the host once.
 
 Shape legend: T frames of a track, L = 33 landmarks, J = 24 joints, N nodes, V vertices,
 S shape coefficients.
@@ -16,6 +21,7 @@ S shape coefficients.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import threading
@@ -25,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kinemesh.models.backends import InferenceBackend, OrtBackend
+from kinemesh.models.backends import InferenceBackend, OrtBackend, run_tensors
 from kinemesh.models.body.assets import load_body_model
 from kinemesh.models.camera import (
     box_intrinsics,
@@ -60,7 +66,8 @@ from kinemesh.services.worker.stages.base import (
 
 STAGE = "body"
 CHUNK = 256  # frames decoded together (the graphs' Triton max batch size)
-CPU_STEP_BATCH = 32  # on a CPU the step graph runs in calls of this many frames (see BackendStepFn)
+CPU_STEP_BATCH = 32  # on a CPU the step graph runs in calls of this many frames (see BackendStepFn), unless
+# the bundle was tuned on this device (`kinemesh bundle tune`); so do the crop graphs with CHUNK
 REFINE_WINDOW = 600  # frames refined together; longer tracks are refined window by window
 NPZ_VERTEX_FRAMES = 150  # posed vertices go into the NPZ for tracks up to this many frames (5 s at 30 fps);
 # every track gets its node transforms, from which any frame's vertices follow (see `_artifacts`)
@@ -97,7 +104,8 @@ class BodyStage:
     name = STAGE
 
     def __init__(self, bundle_dir: Path | str, refine: RefineConfig | None = None, iterations: int | None = None,
-                 backend: InferenceBackend | None = None, threads: int = 0, decode_rate_hz: float = 15.0) -> None:
+                 backend: InferenceBackend | None = None, threads: int = 0, decode_rate_hz: float = 15.0,
+                 device: str | torch.device = "cpu") -> None:
         try:
             self.bundle: Bundle = open_bundle(bundle_dir)
         except BundleError as exc:
@@ -122,17 +130,25 @@ class BodyStage:
             for graph in ("genhmr_step", "tokenizer_decode"):
                 self.backend.load(graph, self.bundle.graph_path(graph))
             step_cfg = m["graphs"]["genhmr_step"]["config"]
-            on_cpu = getattr(self.backend, "providers", ["CPUExecutionProvider"])[0] == "CPUExecutionProvider"
+            on_cpu = getattr(self.backend, "device", None) == "cpu"
+            step_batch = self.bundle.batch_for("genhmr_step", self.backend, CPU_STEP_BATCH if on_cpu else None)
             self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"],
-                                         step_cfg["codebook_size"], max_batch=CPU_STEP_BATCH if on_cpu else None)
+                                         step_cfg["codebook_size"], max_batch=step_batch)
             self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
             self.tokenizer = self.bundle.load_tokenizer()
             if image_conditioned(m):  # the step cross-attends to the ViT's tokens of each person crop
                 self.backend.load(IMAGE_BACKBONE, self.bundle.graph_path(IMAGE_BACKBONE))
         self.layer = load_body_model(self.bundle.path(m["body_model"]["file"]),
                                      num_shape=m["body_model"]["shape_components"])
-        self.layer.skeleton(torch.eye(3).expand(1, 24, 3, 3), torch.zeros(1, self.layer.config.num_shape),
-                            torch.zeros(1, 3))  # build the skeleton bases now, not in the first job
+        self.device = torch.device(device)
+        # The refinement's copy of the body layer lives on the device; `layer` (host) serves the mesh
+        # artifacts and the kinematics stage, which run on the CPU.
+        self.refine_layer = self.layer if self.device.type == "cpu" else copy.deepcopy(self.layer).to(self.device)
+        if "genhmr" in self.servable:
+            self.tokenizer.to(self.device)
+        eye = torch.eye(3, device=self.device).expand(1, 24, 3, 3)
+        self.refine_layer.skeleton(eye, torch.zeros(1, self.layer.config.num_shape, device=self.device),
+                                   torch.zeros(1, 3, device=self.device))  # build the skeleton bases now
         self._lock = threading.Lock()  # PyTorch refinement: one job at a time per stage
         self._mqhmr: PoseHead | None = None  # loaded on the first MQ-HMR job (`require`)
 
@@ -147,7 +163,7 @@ class BodyStage:
             entry = self.bundle.manifest["torch"]["mqhmr_pose_head"]
             head = PoseHead(int(entry["dim"]))
             head.load_state_dict(torch.load(self.bundle.path(entry["file"]), weights_only=True))
-            self._mqhmr = head.eval().requires_grad_(False)
+            self._mqhmr = head.eval().requires_grad_(False).to(self.device)
 
     def warm_up(self, frames: int = 32) -> None:
         """Run the whole stage once on a synthetic track: the first call of ONNX Runtime, the
@@ -236,23 +252,27 @@ class BodyStage:
         return out
 
     def _on_crops(self, graph: str, crops: np.ndarray) -> dict[str, torch.Tensor]:
-        """Crops (T, 3, h, w) uint8 -> `graph`'s outputs (each (T, ...)), normalised as the manifest says,
-        through the backend, CHUNK frames a call."""
+        """Crops (T, 3, h, w) uint8 -> `graph`'s outputs (each (T, ...)) on the stage's device, normalised
+        as the manifest says (on the device: uint8 crosses to it, a quarter of the float bytes),
+        through the backend, CHUNK frames a call (or the batch the bundle was tuned to)."""
         pre = self.bundle.manifest["graphs"][graph]["preprocessing"]
-        mean = np.asarray(pre["mean"], np.float32)[None, :, None, None]
-        std = np.asarray(pre["std"], np.float32)[None, :, None, None]
+        mean = torch.tensor(pre["mean"], dtype=torch.float32, device=self.device)[None, :, None, None]
+        std = torch.tensor(pre["std"], dtype=torch.float32, device=self.device)[None, :, None, None]
         parts = []
-        for i in range(0, len(crops), CHUNK):
-            image = ((crops[i:i + CHUNK].astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
-            parts.append(self.backend.run(graph, {"image": image}))
-        return {name: torch.from_numpy(np.concatenate([np.asarray(p[name]) for p in parts])) for name in parts[0]}
+        chunk = self.bundle.batch_for(graph, self.backend, CHUNK)
+        for i in range(0, len(crops), chunk):
+            image = torch.from_numpy(crops[i:i + chunk]).to(self.device).float() / 255.0  # (t, 3, h, w)
+            parts.append(run_tensors(self.backend, graph, {"image": (image - mean) / std}))
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float,
                body_model: str = "genhmr", crops: np.ndarray | None = None) -> TrackBodies:
         obs = [r[2] for r in rows]
-        xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32))  # (T, L, 2)
-        conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32))  # (T, L)
-        world = mediapipe_world_to_model(torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32)))
+        dev = self.device
+        xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32)).to(dev)  # (T, L, 2)
+        conf = torch.from_numpy(np.stack([o.visibility for o in obs]).astype(np.float32)).to(dev)  # (T, L)
+        world = mediapipe_world_to_model(
+            torch.from_numpy(np.stack([o.world for o in obs]).astype(np.float32)).to(dev))  # (T, L, 3)
         norm = normalize_keypoints(xy, conf)
         frame_index = torch.tensor([r[0] for r in rows], dtype=torch.int64)  # (T,) gaps where the person was unseen
         mq = body_model == "mq-hmr"
@@ -261,24 +281,25 @@ class BodyStage:
             queries = MQHMROutput(*(out[name] for name in MQHMR_OUTPUTS))
         else:
             def image_tokens(keys: torch.Tensor) -> torch.Tensor:  # keyframes' crops through the backbone
-                return self._on_crops(IMAGE_BACKBONE, crops[keys.numpy()])["image_tokens"]
+                return self._on_crops(IMAGE_BACKBONE, crops[keys.cpu().numpy()])["image_tokens"]
 
             init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
                                  stride=self.decode_stride(fps), chunk=CHUNK, frame_index=frame_index,
                                  image_tokens=None if crops is None else image_tokens)
         # pinhole camera: focal = the frame's longer side (about a 53 degree field of view), centred
-        intr = box_intrinsics(focal, torch.tensor([width / 2, height / 2]), norm.center, norm.half)  # (T, 3)
+        intr = box_intrinsics(focal, torch.tensor([width / 2, height / 2], device=dev), norm.center,
+                              norm.half)  # (T, 3)
         refined, placed, before, after = [], [], [], []
         with self._lock:
             for i in range(0, len(obs), REFINE_WINDOW):
                 sl = slice(i, i + REFINE_WINDOW)
                 if not mq:
-                    res = refine_track(self.layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
+                    res = refine_track(self.refine_layer, self.tokenizer.decoder, self.tokenizer.codebook.detach(),
                                        BodyParams(*(t[sl] for t in init)), norm.keypoints[sl], world[sl],
                                        self.refine_config, intrinsics=intr[sl], frame_index=frame_index[sl])
                 else:
                     config = dataclasses.replace(MQHMR_REFINE, steps=self.refine_config.steps)
-                    res = refine_queries(self.layer, self._mqhmr, MQHMROutput(*(t[sl] for t in queries)),
+                    res = refine_queries(self.refine_layer, self._mqhmr, MQHMROutput(*(t[sl] for t in queries)),
                                          norm.keypoints[sl], world[sl], config, intr[sl], frame_index[sl])
                 refined.append(res.params)
                 placed.append(res.translation)
@@ -288,7 +309,7 @@ class BodyStage:
         shape = p.shape.mean(0)  # windows share a shape within themselves; average across windows
         rot = full_rotations(p.body6d, p.orient6d)  # (T, J, 3, 3)
         with torch.no_grad():
-            joints, _ = self.layer.skeleton(rot, shape.expand(len(obs), -1), torch.zeros(len(obs), 3))
+            joints, _ = self.refine_layer.skeleton(rot, shape.expand(len(obs), -1), torch.zeros(len(obs), 3, device=dev))
         if all(t is not None for t in placed):  # refined in perspective: the solved placement
             transl = torch.cat(placed)  # (T, 3)
         else:  # unrefined: place the weak-perspective camera at the depth its scale implies
@@ -299,15 +320,18 @@ class BodyStage:
                 -ty - (norm.center[:, 1] - height / 2) / px_per_m,
                 -focal / px_per_m,
             ], -1)  # (T, 3)
-        half = norm.half.numpy()
+        def host(t: torch.Tensor) -> np.ndarray:  # the track's one trip back from the device
+            return t.detach().cpu().numpy()
+
+        half = host(norm.half)
         bboxes = np.stack([o.bbox for o in obs])
         return TrackBodies(
             track_id=tid, frame_index=np.array([r[0] for r in rows], np.int64),
             timestamps_s=np.array([r[1] for r in rows], np.float64),
-            rotations=rot.numpy().astype(np.float32), shape=shape.numpy().astype(np.float32),
-            camera=p.camera.numpy().astype(np.float32), translation=transl.numpy().astype(np.float32),
-            joints=(joints + transl[:, None]).numpy().astype(np.float32),
-            reproj_before_px=torch.cat(before).numpy() * half, reproj_after_px=torch.cat(after).numpy() * half,
+            rotations=host(rot).astype(np.float32), shape=host(shape).astype(np.float32),
+            camera=host(p.camera).astype(np.float32), translation=host(transl).astype(np.float32),
+            joints=host(joints + transl[:, None]).astype(np.float32),
+            reproj_before_px=host(torch.cat(before)) * half, reproj_after_px=host(torch.cat(after)) * half,
             bbox_height_px=(bboxes[:, 3] - bboxes[:, 1]).astype(np.float32),
         )
 

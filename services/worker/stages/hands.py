@@ -106,7 +106,7 @@ class HandStage:
                 backend.load(graph, bundle.graph_path(graph))
             cfg = bundle.manifest["graphs"]["hand_step"]["config"]
             self._step = BackendStepFn(backend, "hand_step", cfg["num_tokens"], cfg["codebook_size"],
-                                       max_batch=STEP_BATCH)
+                                       max_batch=bundle.batch_for("hand_step", backend, STEP_BATCH))
             self._decoder = BackendDecoder(backend, "hand_tokenizer_decode")
             self._skeleton = HandSkeleton.from_file(bundle.path(bundle.manifest["hands"]["skeleton"]))
             self.iterations = int(bundle.manifest["hands"]["decoding"]["iterations"])
