@@ -271,6 +271,40 @@ def onnxruntime_path(device: torch.device, bundle_dir: Path, repeats: int, frame
     return out
 
 
+def whole_pipeline(device: torch.device, var: Path, clip: str = "single_cam01") -> dict:
+    """One job of the worker's pipeline, in process, on a real clip (var/cache/pose2sim/clips, `make clips`)
+    with every output asked for: its per-stage seconds (the result's timings) with KINEMESH_DEVICE set to
+    this device. Keypoints (MediaPipe), decoding (PyAV) and OpenSim run on the CPU whatever the device."""
+    path = var / "cache" / "pose2sim" / "clips" / f"{clip}.mp4"
+    if not path.is_file():
+        return {"status": f"not measured: no clip at {path} (make clips)"}
+    try:
+        from kinemesh.services.common.schemas import JobOptions
+        from kinemesh.services.common.settings import Settings
+        from kinemesh.services.worker.pipeline import Pipeline
+        from kinemesh.services.worker.stages.base import NullContext
+    except ImportError as exc:  # the worker's dependencies (mediapipe, av, opensim...) are not all here
+        return {"status": f"not measured: {exc}"}
+    pipeline = Pipeline(Settings(model_dir=var / "models", device=device.type))
+    try:
+        pipeline.warm_up()
+        options = JobOptions(outputs=["keypoints_2d", "keypoints_3d", "body", "kinematics", "hands"])
+        t0 = time.perf_counter()
+        out = pipeline.run(path, options, NullContext())
+        seconds = time.perf_counter() - t0
+    except Exception as exc:
+        traceback.print_exc()
+        return {"status": f"failed: {type(exc).__name__}: {exc}"}
+    finally:
+        pipeline.close()
+    frames = len(out.result.frames)
+    result = {"status": "measured", "clip": clip, "frames": frames, "seconds": round(seconds, 2),
+              "frames_per_s": round(frames / seconds, 1),
+              "stages_s": {t.stage: t.seconds for t in out.result.timings}}
+    print("pipeline", json.dumps(result), flush=True)
+    return result
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None)
@@ -297,6 +331,7 @@ def main() -> int:
               "graphs": {} if a.stages_only else paper_graphs(device, [int(b) for b in a.batches.split(",")],
                                                               a.repeats, a.small),
               "job_stages": job_stages(device, a.repeats, a.var, a.track_frames),
+              "pipeline": whole_pipeline(device, a.var),
               "onnxruntime": onnxruntime_path(device, a.bundle or a.var / "models" / "bundle" / "default", a.repeats,
                                               [int(n) for n in a.body_frames.split(",")])}
     text = json.dumps(result, indent=2)
