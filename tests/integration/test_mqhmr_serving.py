@@ -23,6 +23,7 @@ from kinemesh.services.common.errors import ModelUntrained
 from kinemesh.services.common.schemas import JobOptions
 from kinemesh.services.common.settings import Settings
 from kinemesh.services.worker.pipeline import Pipeline
+from kinemesh.services.worker.stages import hands as hand_stage
 from kinemesh.services.worker.stages.base import NullContext
 from kinemesh.services.worker.stages.body import BodyStage
 from kinemesh.services.worker.stages.decode import DecodeStage
@@ -115,7 +116,7 @@ def tracks(model_dir: Path, clips: dict[str, Path]):
 
 
 def test_a_bundle_from_checkpoints_serves_both_body_models_from_crops(body_file: Path, model_dir: Path, tracks,
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path, monkeypatch) -> None:
     """MQ-HMR, GenHMR conditioned on the ViT's tokens of each crop, and the hand model conditioned on its
     ViT's tokens of each hand crop (MMHMR's cross-attention), from the operator's files."""
     files = {part: _checkpoint(tmp_path / "weights", part) for part in PARTS}
@@ -155,6 +156,16 @@ def test_a_bundle_from_checkpoints_serves_both_body_models_from_crops(body_file:
     assert backend.items["hand_vit_backbone"] == len(posed)  # one crop per found hand, read by the step
     assert backend.items["hand_step"] == 5 * len(posed)  # 5 decoding iterations
     assert all(np.isfinite(h.pose.joints_3d).all() for h in posed)
+    # a long clip's hands are posed in chunks as they are found (their crops dropped): the same poses
+    monkeypatch.setattr(hand_stage, "POSE_CHUNK", 7)
+    hands = HandStage(model_dir, bundle=bundle, backend=backend)
+    try:
+        chunked = hands.run(video, kp, NullContext())
+    finally:
+        hands.close()
+    again = [h for sides in chunked.hands.values() for h in sides.values()]
+    assert len(again) == len(posed)
+    assert max(float(np.abs(a.pose.joints_3d - b.pose.joints_3d).max()) for a, b in zip(again, posed, strict=True)) < 1e-4
 
 
 def test_a_bundle_missing_a_checkpoint_refuses_that_model(body_file: Path, model_dir: Path, tmp_path: Path) -> None:

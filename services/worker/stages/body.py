@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import io
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,19 +202,23 @@ class BodyStage:
         for f in tracks.frames:
             for tid, obs in f.people:
                 per_track.setdefault(tid, []).append((f.index, f.timestamp_s, obs))
-        crops: dict[int, np.ndarray] = {}
-        crop_graph = "mqhmr" if body_model == "mq-hmr" else IMAGE_BACKBONE if image_conditioned(
-            self.bundle.manifest) else None
-        if crop_graph is not None:
+        crops: dict[int, np.ndarray] = {}  # image-conditioned GenHMR: each track's crops
+        queries: dict[int, dict[str, torch.Tensor]] = {}  # MQ-HMR: each track's graph outputs
+        mq = body_model == "mq-hmr"
+        if mq or image_conditioned(self.bundle.manifest):
             if video is None:
                 raise ValueError(f"body_model={body_model!r} on this bundle reads person crops: pass the decoded video")
-            crops = self._crops(video, per_track, crop_graph)
+            if mq:
+                queries = self._crop_outputs(video, per_track, "mqhmr")
+            else:
+                crops = self._crops(video, per_track, IMAGE_BACKBONE)
         total = sum(len(v) for v in per_track.values()) or 1
         done = 0
         out: list[TrackBodies] = []
         for tid, rows in sorted(per_track.items()):
             ctx.check_cancelled()
-            body = self._track(tid, rows, meta.width, meta.height, focal, meta.target_fps, body_model, crops.get(tid))
+            body = self._track(tid, rows, meta.width, meta.height, focal, meta.target_fps, body_model, crops.get(tid),
+                               queries.get(tid))
             out.append(body)
             done += len(rows)
             ctx.progress(STAGE, done / total)
@@ -227,16 +232,14 @@ class BodyStage:
             return 1
         return max(1, round(fps / self.decode_rate_hz))
 
-    def _crops(self, video: DecodedVideo, per_track: dict[int, list], graph: str) -> dict[int, np.ndarray]:
-        """Each track's person crops (T, 3, h, w) uint8 at `graph`'s crop size, frame by frame as the
-        track has them: the clip decoded once more, each person's box (`person_box`) cut out of its frame."""
-        entry = self.bundle.manifest["graphs"][graph]["preprocessing"]
-        size = tuple(entry["crop"])
+    def _cut(self, video: DecodedVideo, per_track: dict[int, list],
+             size: tuple[int, int]) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+        """Per decoded frame with tracked people: their (track, row) keys and person crops (P, 3, h, w)
+        uint8: the clip decoded once more, each person's box (`person_box`) cut out of its frame."""
         wanted: dict[int, list[tuple[int, int, object]]] = {}  # frame index -> (track, row, observation)
         for tid, rows in per_track.items():
             for k, (index, _, obs) in enumerate(rows):
                 wanted.setdefault(int(index), []).append((tid, k, obs))
-        out = {tid: np.zeros((len(rows), 3, *size), np.uint8) for tid, rows in per_track.items()}
         for batch in video.batches():
             for j, index in enumerate(batch.indices):
                 people = wanted.get(int(index), [])
@@ -247,12 +250,55 @@ class BodyStage:
                 norm = normalize_keypoints(xy, conf)
                 frame = torch.from_numpy(batch.images[j]).expand(len(people), -1, -1, -1)
                 crop = (person_crops(frame, norm.center, norm.half, size) * 255).round().to(torch.uint8)
-                for (tid, k, _), c in zip(people, crop.numpy(), strict=True):
-                    out[tid][k] = c
+                yield [(tid, k) for tid, k, _ in people], crop.numpy()
+
+    def _crop_size(self, graph: str) -> tuple[int, int]:
+        return tuple(self.bundle.manifest["graphs"][graph]["preprocessing"]["crop"])
+
+    def _crops(self, video: DecodedVideo, per_track: dict[int, list], graph: str) -> dict[int, np.ndarray]:
+        """Each track's person crops (T, 3, h, w) uint8 at `graph`'s crop size, row by row as the track
+        has them (image-conditioned GenHMR reads its keyframes' crops while it decodes)."""
+        size = self._crop_size(graph)
+        out = {tid: np.zeros((len(rows), 3, *size), np.uint8) for tid, rows in per_track.items()}
+        for keys, crops in self._cut(video, per_track, size):
+            for (tid, k), c in zip(keys, crops, strict=True):
+                out[tid][k] = c
+        return out
+
+    def _crop_outputs(self, video: DecodedVideo, per_track: dict[int, list], graph: str) -> dict[int, dict]:
+        """`graph`'s outputs (each (T, ...), on the stage's device) for each track's rows, the graph run as
+        crops accumulate, CHUNK at a time: only the outputs are kept (MQ-HMR's are ~13 KB a frame, its
+        crops 147 KB), so a long clip's crops never all sit in memory."""
+        keys: list[tuple[int, int]] = []
+        pending: list[np.ndarray] = []
+        out: dict[int, dict[str, torch.Tensor]] = {}
+
+        def flush() -> None:
+            res = run_on_crops(self.backend, self.bundle, graph, np.concatenate(pending), self.device)
+            tids = torch.tensor([t for t, _ in keys])
+            rows = torch.tensor([k for _, k in keys])
+            for tid in tids.unique().tolist():
+                mine = (tids == tid).nonzero().flatten()  # (n,) positions in this chunk
+                track = out.setdefault(tid, {})
+                for name, value in res.items():
+                    if name not in track:
+                        track[name] = value.new_zeros((len(per_track[tid]), *value.shape[1:]))
+                    track[name][rows[mine].to(value.device)] = value[mine.to(value.device)]
+            keys.clear()
+            pending.clear()
+
+        for frame_keys, crops in self._cut(video, per_track, self._crop_size(graph)):
+            keys.extend(frame_keys)
+            pending.append(crops)
+            if len(keys) >= CHUNK:
+                flush()
+        if keys:
+            flush()
         return out
 
     def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float,
-               body_model: str = "genhmr", crops: np.ndarray | None = None) -> TrackBodies:
+               body_model: str = "genhmr", crops: np.ndarray | None = None,
+               mq_out: dict[str, torch.Tensor] | None = None) -> TrackBodies:
         obs = [r[2] for r in rows]
         dev = self.device
         xy = torch.from_numpy(np.stack([o.landmarks_2d for o in obs]).astype(np.float32)).to(dev)  # (T, L, 2)
@@ -263,8 +309,7 @@ class BodyStage:
         frame_index = torch.tensor([r[0] for r in rows], dtype=torch.int64)  # (T,) gaps where the person was unseen
         mq = body_model == "mq-hmr"
         if mq:
-            out = run_on_crops(self.backend, self.bundle, "mqhmr", crops, self.device)
-            queries = MQHMROutput(*(out[name] for name in MQHMR_OUTPUTS))
+            queries = MQHMROutput(*(mq_out[name] for name in MQHMR_OUTPUTS))
         else:
             def image_tokens(keys: torch.Tensor) -> torch.Tensor:  # keyframes' crops through the backbone
                 return run_on_crops(self.backend, self.bundle, IMAGE_BACKBONE, crops[keys.cpu().numpy()],

@@ -61,6 +61,7 @@ POSE_HAND = {"left": (15, 17, 19, 21), "right": (16, 18, 20, 22)}
 HAND_GRAPHS = ("hand_step", "hand_tokenizer_decode")
 HAND_BACKBONE = "hand_vit_backbone"  # image-conditioned hand models: the crop's tokens
 STEP_BATCH = 64  # hands per call of the step graph (a clip's hands decode together, in calls of this many)
+POSE_CHUNK = 512  # found hands posed together: the hands (and crops) of a long clip are posed as they come
 
 
 @dataclass
@@ -157,6 +158,7 @@ class HandStage:
         total = max(len(wanted), 1)
         out = HandsResult(pose_model=self.pose_model)
         done = 0
+        pending: list[tuple[str, HandObservation]] = []  # found hands not yet posed
         with self._lock:
             for batch in video.batches():
                 ctx.check_cancelled()
@@ -187,9 +189,13 @@ class HandStage:
                             if self._crop_size is not None:
                                 hand.crop = self._hand_crop(batch.images[j], hand.keypoints_2d, side)
                             out.hands.setdefault((tid, int(index)), {})[side] = hand
+                            pending.append((side, hand))
                     ctx.progress(STAGE, done / total)
-            if self.pose_model is not None and out.hands:
-                self._poses(out)
+                if self.pose_model is not None and len(pending) >= POSE_CHUNK:  # memory stays bounded
+                    self._poses(pending)
+                    pending.clear()
+            if self.pose_model is not None and pending:
+                self._poses(pending)
         return out
 
     def _hand_crop(self, image: np.ndarray, xy: np.ndarray, side: str) -> np.ndarray:
@@ -203,9 +209,9 @@ class HandStage:
             crop = crop.flip(-1)
         return (crop * 255).round().to(torch.uint8).numpy()
 
-    def _poses(self, result: HandsResult) -> None:
-        """Every found hand's pose, all in one batched decoding."""
-        items = [(side, h) for sides in result.hands.values() for side, h in sides.items()]
+    def _poses(self, items: list[tuple[str, HandObservation]]) -> None:
+        """The pose of each (side, hand), in one batched decoding; an image-conditioned model's crops are
+        read and dropped."""
         xy = torch.from_numpy(np.stack([h.keypoints_2d for _, h in items]))  # (H, 21, 2)
         left = torch.tensor([side == "left" for side, _ in items])
         xy = torch.where(left[:, None, None], xy * torch.tensor([-1.0, 1.0]), xy)  # a left hand as a right one
