@@ -254,6 +254,9 @@ def onnxruntime_path(device: torch.device, bundle_dir: Path, repeats: int, frame
                     entry[f"body_stage_{n}_frames"] = {
                         "seconds": round(seconds, 3), "frames_per_s": round(n / seconds, 1),
                         "peak_torch_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                        if device.type == "cuda" else None,
+                        # PyTorch's peak misses ONNX Runtime's own arena: the card's memory in use, whole
+                        "device_used_gib": round((lambda f, t: (t - f) / 2**30)(*torch.cuda.mem_get_info(device)), 2)
                         if device.type == "cuda" else None}
                 entry["host_copies"] = backend.host_copies  # 0: no feed crossed to the host between graphs
                 precision = {g: e["precision"]["fp16_max_rel"] for g, e in

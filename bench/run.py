@@ -275,6 +275,11 @@ def gpu_markdown(results: dict[str, float], path: Path = REPO / "bench" / "gpu_r
             if "error" not in r:
                 extra = f" (reprojection drop {r['reproj_drop']})" if "reproj_drop" in r else ""
                 lines.append(f"| {stage}{extra} | {r['batch']} | {r['ms_per_call']} | {r['frames_per_s']:,.0f} |")
+    pipe = gpu.get("pipeline", {})
+    if pipe.get("status") == "measured":
+        stages = ", ".join(f"{k} {v:g} s" for k, v in pipe["stages_s"].items())
+        lines += ["", f"One whole job in process ({pipe['clip']}, {pipe['frames']} frames, every output): "
+                      f"{pipe['seconds']} s ({stages})."]
     return [*lines, "", *ort_markdown(gpu), ""]
 
 
@@ -290,8 +295,8 @@ def ort_markdown(gpu: dict) -> list[str]:
     if ort.get("status") != "measured":
         return []
     lines = [f"ONNX Runtime {ort['onnxruntime']} ({ort['provider']}, IO binding of torch tensors):", "",
-             "| bundle | body stage frames/s by track length | peak GiB | host copies | tuned batches |",
-             "|---|---|---|---|---|"]
+             "| bundle | body stage frames/s by track length | peak GiB (PyTorch / whole card) | host copies | "
+             "tuned batches |", "|---|---|---|---|---|"]
     for name in ("fp32", "fp16"):
         e = ort.get(name, {})
         if "error" in e:
@@ -299,7 +304,8 @@ def ort_markdown(gpu: dict) -> list[str]:
             continue
         runs = {k: v for k, v in e.items() if k.startswith("body_stage_")}
         fps = " / ".join(f"{v['frames_per_s']:g} ({k.split('_')[2]})" for k, v in runs.items())
-        peak = max((v["peak_torch_gib"] or 0.0) for v in runs.values()) if runs else ""
+        peak = (f"{max(v['peak_torch_gib'] or 0.0 for v in runs.values())} / "
+                f"{max(v.get('device_used_gib') or 0.0 for v in runs.values())}") if runs else ""
         tuned = ", ".join(f"{g} {t['batch']}" for g, t in e.get("tuned", {}).items())
         lines.append(f"| {name} | {fps} | {peak} | {e.get('host_copies')} | {tuned} |")
     return lines

@@ -63,7 +63,7 @@ def test_a_left_hand_is_posed_as_the_mirror_of_the_right(model_dir: Path) -> Non
             right = HandObservation(px[k].astype(np.float32), np.zeros((21, 3), np.float32), 1.0)
             left = HandObservation((px[k] * [-1, 1] + [1000, 0]).astype(np.float32), np.zeros((21, 3), np.float32), 1.0)
             result.hands[(0, k)] = {"right": right, "left": left}
-        stage._poses(result)
+        stage._poses([(side, h) for sides in result.hands.values() for side, h in sides.items()])
         mirror = np.diag([-1.0, 1.0, 1.0])
         for sides in result.hands.values():
             rh, lh = sides["right"].pose, sides["left"].pose
