@@ -109,7 +109,8 @@ class OrtBackend:
     def run_bound(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run `graph` on torch tensors through IO binding; outputs are torch tensors on the session's
         device (the feeds' device when it matches). Feeds are checked as `run` checks them (names,
-        ranks) and cast to the graph's dtypes on their own device."""
+        ranks), cast to the graph's dtypes, and moved to the session's device only when they are not
+        on it (counted in `host_copies`)."""
         session = self._session(graph)
         specs = {s.name: s for s in _specs(session.get_inputs())}
         if set(feeds) != set(specs):

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint (host:port) for inference_backend=triton.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the worker's PyTorch work (decoding loop, refinement) and in-process ONNX Runtime "
-        "run: cuda when both PyTorch and onnxruntime see a GPU (auto), else cpu; `cuda` refuses to start without one.")
+        "run: cuda when both PyTorch and onnxruntime see a GPU (auto), else cpu; with `cuda` and no GPU the models "
+        "do not load (a worker exits at start).")
     cuda_device: int = Field(0, ge=0, description="The GPU a worker uses when device is cuda (one worker process per GPU).")
     decode_rate_hz: float = Field(15.0, ge=0, description="With refinement on, pose tokens are decoded for "
                                   "keyframes at about this rate and refinement fits every frame; 0 = every frame.")
