@@ -210,6 +210,11 @@ def merge_results(results: dict[str, float], target: str, script: str) -> None:
     print(json.dumps(results, indent=2))
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a bare | would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def write_markdown(results: dict[str, float], command: str = f"{COMMAND}` (`python bench/run.py") -> None:
     lines = [
         "# Benchmark results",
@@ -221,7 +226,7 @@ def write_markdown(results: dict[str, float], command: str = f"{COMMAND}` (`pyth
         "| key | value | what was measured |",
         "|---|---|---|",
     ]
-    lines += [f"| `{k}` | {v} | {DESCRIPTIONS.get(k, '')} |" for k, v in sorted(results.items())]
+    lines += [f"| `{k}` | {v} | {_cell(DESCRIPTIONS.get(k, ''))} |" for k, v in sorted(results.items())]
     lines += ["", "Targets (issue 2): `job_overhead_ms_p50` ≤ 50, `status_get_rps` ≥ 1500, "
               "`upload_rss_delta_mb` ≤ 50.",
               "Targets (issue 3): `synth_pa_mpjpe_mm_after` ≤ 40 and ≥ 20 % below `synth_pa_mpjpe_mm_before`; "
@@ -284,7 +289,8 @@ def gpu_markdown(results: dict[str, float], path: Path = REPO / "bench" / "gpu_r
 
 
 def ort_status(gpu: dict) -> str:
-    status = gpu.get("onnxruntime", {}).get("status", "not measured: this run predates it")
+    status = gpu.get("onnxruntime", {}).get(
+        "status", "not yet measured (that machine had no onnxruntime-gpu; bench/gpu.sh measures it where there is one)")
     return "measured (below)" if status == "measured" else status
 
 

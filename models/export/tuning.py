@@ -9,7 +9,7 @@ after a warm-up call. Doubling stops early once a call takes longer than `max_ca
 batch is the smallest within `tolerance` of the best throughput: a larger one adds latency and
 memory for nothing. The manifest's `tuning` maps a device key ("cpu", or "cuda:<card name>") to
 each graph's tuned batch and its measured curve; the worker's stages read their device's batch
-(`tuned_batch`) and keep their defaults where the bundle was not tuned for it.
+(`Bundle.batch_for`) and keep their defaults where the bundle was not tuned for it.
 """
 
 from __future__ import annotations
