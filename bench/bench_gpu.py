@@ -259,6 +259,13 @@ def onnxruntime_path(device: torch.device, bundle_dir: Path, repeats: int, frame
                         "device_used_gib": round((lambda f, t: (t - f) / 2**30)(*torch.cuda.mem_get_info(device)), 2)
                         if device.type == "cuda" else None}
                 entry["host_copies"] = backend.host_copies  # 0: no feed crossed to the host between graphs
+                from bench.bench_models import bound_vs_host  # the repository is on the path (main)
+                from kinemesh.models.backends.base import random_inputs
+
+                step_cfg = json.loads((work / name / "manifest.json").read_text())["graphs"]["genhmr_step"]["config"]
+                feeds = random_inputs(backend.inputs("genhmr_step"), 64, step_cfg["codebook_size"], device,
+                                      torch.Generator().manual_seed(0))
+                entry["genhmr_step_64_bound_vs_host"] = bound_vs_host(backend, "genhmr_step", feeds)
                 precision = {g: e["precision"]["fp16_max_rel"] for g, e in
                              json.loads((work / name / "manifest.json").read_text())["graphs"].items()
                              if "precision" in e}

@@ -80,6 +80,11 @@ DESCRIPTIONS = {
                                "of the best items/s)" for g in TUNED_GRAPHS},
     **{f"cpu_items_per_s_{g}": f"items/s of {g} at that batch (IO-bound ONNX Runtime calls, CPU)" for g in TUNED_GRAPHS},
     "cpu_genhmr_step_items_per_s_by_batch": "items/s of the GenHMR step at each batch size tried, CPU",
+    "ort_bound_ms_p50_cpu": "the GenHMR step on 32 frames through ONNX Runtime IO binding of torch tensors (run_bound), "
+                            "median ms of 50, interleaved with the host path, CPU",
+    "ort_host_ms_p50_cpu": "the same call through host numpy (to numpy, run, back to torch)",
+    "ort_bound_vs_host_cpu": "their ratio, bound over host (< 1: binding is faster; on a GPU it also saves the "
+                             "host round trip, measured by bench/gpu.sh)",
 }
 
 
@@ -237,6 +242,54 @@ def hand_figures(bundle_dir: Path) -> dict[str, float]:
     return {"hand_pa_mpjpe_mm_synth": round(float(pa_mpjpe_mm(points, data.keypoints3d).mean()), 2)}
 
 
+def bound_vs_host(backend, graph: str, feeds: dict[str, torch.Tensor], repeats: int = 50) -> dict[str, float]:
+    """Median ms of `graph` on torch `feeds` through IO binding (`run_bound`) and through host numpy
+    (what `run_tensors` does for a backend without binding: to numpy, `run`, back to the feeds'
+    device), interleaved, and their ratio (bound / host; < 1: binding is faster)."""
+    import statistics
+    import time
+
+    def host() -> None:
+        out = backend.run(graph, {k: v.cpu().numpy() for k, v in feeds.items()})
+        for v in out.values():
+            torch.from_numpy(v).to(next(iter(feeds.values())).device)
+
+    def bound() -> None:
+        backend.run_bound(graph, feeds)
+
+    sync = torch.cuda.synchronize if next(iter(feeds.values())).is_cuda else (lambda: None)
+    times: dict[str, list[float]] = {"bound": [], "host": []}
+    for fn in (bound, host):  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in (("bound", bound), ("host", host)):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"bound_ms_p50": round(med["bound"], 3), "host_ms_p50": round(med["host"], 3),
+            "bound_vs_host": round(med["bound"] / med["host"], 3)}
+
+
+def binding_figures(bundle_dir: Path) -> dict[str, float]:
+    """IO binding against the host numpy path on this CPU: the body stage's GenHMR step call (32 frames)."""
+    from kinemesh.models.backends import OrtBackend
+    from kinemesh.models.backends.base import random_inputs
+    from kinemesh.models.export.bundle import open_bundle
+
+    bundle = open_bundle(bundle_dir)
+    backend = OrtBackend(device="cpu")
+    backend.load("genhmr_step", bundle.graph_path("genhmr_step"))
+    cfg = bundle.manifest["graphs"]["genhmr_step"]["config"]
+    feeds = random_inputs(backend.inputs("genhmr_step"), 32, cfg["codebook_size"], torch.device("cpu"),
+                          torch.Generator().manual_seed(0))
+    r = bound_vs_host(backend, "genhmr_step", feeds)
+    return {"ort_bound_ms_p50_cpu": r["bound_ms_p50"], "ort_host_ms_p50_cpu": r["host_ms_p50"],
+            "ort_bound_vs_host_cpu": r["bound_vs_host"]}
+
+
 def fp16_figures(bundle_dir: Path, work: Path) -> dict[str, float]:
     """The default bundle as an fp16 bundle (`kinemesh bundle fp16`): its recorded per-graph error, and
     what it changes at the task level: GenHMR's decoded tokens and joints on synthetic bodies, the
@@ -291,6 +344,8 @@ def model_figures(model_dir: Path, paper: bool = True) -> dict[str, float]:
     out.update(hand_figures(model_dir / "bundle" / "default"))
     print("models: the bundle through a real tritonserver ...", flush=True)
     out.update(triton_figures(model_dir / "bundle" / "default"))
+    print("models: IO binding against the host path ...", flush=True)
+    out.update(binding_figures(model_dir / "bundle" / "default"))
     with tempfile.TemporaryDirectory() as tmp:
         print("models: the fp16 bundle against float32 ...", flush=True)
         out.update(fp16_figures(model_dir / "bundle" / "default", Path(tmp)))
