@@ -9,6 +9,8 @@
   kinemesh models build              build the model files into KINEMESH_MODEL_DIR
   kinemesh bundle show [DIR]         what each graph of a bundle is (trained, checkpoint, untrained)
   kinemesh bundle build --config paper --weights DIR   a paper-size bundle from operator checkpoints
+  kinemesh bundle fp16 [DIR]         a float16 copy of a bundle, each graph's error measured
+  kinemesh bundle tune [DIR]         batch sizes tuned on this device, recorded in the manifest
 
 argparse keeps the CLI free of another dependency; rich draws the progress bars.
 """
@@ -275,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bundle", help="model bundles: `bundle show [DIR]` (what each graph is: trained, an "
                                       "operator checkpoint, or untrained), `bundle build [--config small|paper "
-                                      "--weights DIR]`", add_help=False)
+                                      "--weights DIR]`, `bundle fp16 [DIR]`, `bundle tune [DIR] [--device cuda]`",
+                   add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=_cmd_bundle)
 
@@ -288,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bundle"]:  # its own parser: argparse's REMAINDER would not take a leading --help
+        from kinemesh.models.export.bundle import main as bundle_main
+
+        return bundle_main(argv[1:] or ["--help"])
     args = build_parser().parse_args(argv)
     return int(args.fn(args) or 0)
 

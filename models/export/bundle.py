@@ -474,7 +474,7 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Build or show a model bundle.")
+    p = argparse.ArgumentParser(prog="kinemesh bundle", description="Build, show, convert (fp16) or tune a model bundle.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the default bundle from the project's weights, or a small/paper "
                                       "bundle from operator checkpoints (--config)")

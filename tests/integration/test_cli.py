@@ -59,6 +59,15 @@ def test_run_reports_bad_input_with_its_code(tmp_path: Path, model_dir: Path) ->
     assert not (tmp_path / "o" / "result.json").exists()
 
 
+def test_bundle_command_helps_and_lists_its_subcommands() -> None:
+    for args in (("bundle", "--help"), ("bundle",)):
+        out = kinemesh(*args)
+        assert out.returncode == 0, out.stderr
+        assert "usage: kinemesh bundle" in out.stdout and all(c in out.stdout for c in ("build", "show", "fp16", "tune"))
+    out = kinemesh("bundle", "tune", "--device", "tpu")
+    assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
 def test_schema_command_prints_the_committed_schema() -> None:
     out = kinemesh("schema")
     assert out.returncode == 0 and json.loads(out.stdout) == SCHEMA
