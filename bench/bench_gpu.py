@@ -232,13 +232,15 @@ def onnxruntime_path(device: torch.device, bundle_dir: Path, repeats: int, frame
         fp32 = work / "fp32"
         shutil.copytree(bundle_dir, fp32)
         build_fp16_bundle(fp32, work / "fp16")
+        reference = None  # the fp32 bundle's step logits on the feeds both bundles get
         for name in ("fp32", "fp16"):
             entry: dict = {}
             try:
-                tuned = tune_bundle(work / name, device.type, repeats=max(3, repeats // 2))
+                tuned = tune_bundle(work / name, device.type, repeats=max(3, repeats // 2),
+                                    device_id=device.index or 0)
                 entry["tuned"] = {g: {"batch": e["batch"], "items_per_s": e["items_per_s"]}
                                   for g, e in tuned["graphs"].items()}
-                backend = OrtBackend(device=device.type)
+                backend = OrtBackend(device=device.type, device_id=device.index or 0)
                 stage = BodyStage(work / name, backend=backend, device=device)
                 stage.run(stage.rest_pose_track(32), NullContext(), meshes=False)  # warm-up
                 for n in frames:
@@ -262,10 +264,17 @@ def onnxruntime_path(device: torch.device, bundle_dir: Path, repeats: int, frame
                 from bench.bench_models import bound_vs_host  # the repository is on the path (main)
                 from kinemesh.models.backends.base import random_inputs
 
-                step_cfg = json.loads((work / name / "manifest.json").read_text())["graphs"]["genhmr_step"]["config"]
-                feeds = random_inputs(backend.inputs("genhmr_step"), 64, step_cfg["codebook_size"], device,
-                                      torch.Generator().manual_seed(0))
+                feeds = random_inputs(backend.inputs("genhmr_step"), 64, stage.bundle.token_range("genhmr_step"),
+                                      device, torch.Generator().manual_seed(0))
                 entry["genhmr_step_64_bound_vs_host"] = bound_vs_host(backend, "genhmr_step", feeds)
+                # fp16's error on this device's kernels (the manifest's was measured on the CPU provider)
+                logits = backend.run_bound("genhmr_step", feeds)["logits"].float()
+                if name == "fp32":
+                    reference = logits
+                else:
+                    entry["fp16_vs_fp32_on_device"] = {
+                        "genhmr_step_logits_max_rel": float((logits - reference).abs().max() / reference.abs().max()),
+                        "genhmr_step_argmax_agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean())}
                 precision = {g: e["precision"]["fp16_max_rel"] for g, e in
                              json.loads((work / name / "manifest.json").read_text())["graphs"].items()
                              if "precision" in e}

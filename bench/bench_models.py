@@ -248,11 +248,14 @@ def bound_vs_host(backend, graph: str, feeds: dict[str, torch.Tensor], repeats: 
     device), interleaved, and their ratio (bound / host; < 1: binding is faster)."""
     import statistics
     import time
+    from types import SimpleNamespace
+
+    from kinemesh.models.backends import run_tensors
+
+    numpy_only = SimpleNamespace(run=backend.run)  # no run_bound: run_tensors goes through the host
 
     def host() -> None:
-        out = backend.run(graph, {k: v.cpu().numpy() for k, v in feeds.items()})
-        for v in out.values():
-            torch.from_numpy(v).to(next(iter(feeds.values())).device)
+        run_tensors(numpy_only, graph, feeds)
 
     def bound() -> None:
         backend.run_bound(graph, feeds)
@@ -282,8 +285,7 @@ def binding_figures(bundle_dir: Path) -> dict[str, float]:
     bundle = open_bundle(bundle_dir)
     backend = OrtBackend(device="cpu")
     backend.load("genhmr_step", bundle.graph_path("genhmr_step"))
-    cfg = bundle.manifest["graphs"]["genhmr_step"]["config"]
-    feeds = random_inputs(backend.inputs("genhmr_step"), 32, cfg["codebook_size"], torch.device("cpu"),
+    feeds = random_inputs(backend.inputs("genhmr_step"), 32, bundle.token_range("genhmr_step"), torch.device("cpu"),
                           torch.Generator().manual_seed(0))
     r = bound_vs_host(backend, "genhmr_step", feeds)
     return {"ort_bound_ms_p50_cpu": r["bound_ms_p50"], "ort_host_ms_p50_cpu": r["host_ms_p50"],

@@ -222,10 +222,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bundle(args: argparse.Namespace) -> int:
+def _cmd_bundle(rest: list[str]) -> int:
+    """`kinemesh bundle ...`: the bundle module's own parser (argparse's REMAINDER would not take a
+    leading --help, so `main` hands it the arguments before parsing)."""
     from kinemesh.models.export.bundle import main as bundle_main
 
-    return bundle_main(args.rest or ["--help"])
+    return bundle_main(rest or ["--help"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "--weights DIR]`, `bundle fp16 [DIR]`, `bundle tune [DIR] [--device cuda]`",
                    add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(fn=_cmd_bundle)
+    b.set_defaults(fn=lambda a: _cmd_bundle(a.rest))
 
     m = sub.add_parser("models", help="model files")
     ms = m.add_subparsers(dest="models_cmd", required=True)
@@ -292,10 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bundle"]:  # its own parser: argparse's REMAINDER would not take a leading --help
-        from kinemesh.models.export.bundle import main as bundle_main
-
-        return bundle_main(argv[1:] or ["--help"])
+    if argv[:1] == ["bundle"]:
+        return _cmd_bundle(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.fn(args) or 0)
 

@@ -86,7 +86,11 @@ class OrtBackend:
             options.log_severity_level = 3  # errors only: optimiser notes (e.g. fp16 nodes left unfolded) are noise
             providers: list = [(p, {"device_id": self.device_id}) if p == "CUDAExecutionProvider" else p
                                for p in self.providers]
-            self._sessions[graph] = ort.InferenceSession(str(path), options, providers=providers)
+            session = ort.InferenceSession(str(path), options, providers=providers)
+            if session.get_providers()[0] != self.providers[0]:  # onnxruntime fell back (e.g. no GPU, CUDA libs)
+                raise ProviderUnavailable(f"{graph}: {self.providers[0]} did not start (the session runs on "
+                                          f"{session.get_providers()}); check the GPU and its CUDA libraries")
+            self._sessions[graph] = session
 
     def _session(self, graph: str) -> ort.InferenceSession:
         try:

@@ -419,6 +419,13 @@ class Bundle:
         return entry.get("weights") or {"status": "trained" if entry.get("trained") else "untrained",
                                         "needs": "a trained checkpoint"}
 
+    def token_range(self, graph: str) -> int:
+        """Exclusive upper bound of `graph`'s integer inputs for example feeds: the codebook size plus the
+        [MASK] id for a decoding step's token_ids, the codebook size for a decoder's indices, 2 otherwise."""
+        entry = self.manifest["graphs"][graph]
+        size = int(entry.get("config", {}).get("codebook_size", 1))
+        return size + 1 if any(i["name"] == "token_ids" for i in entry["inputs"]) else max(size, 2)
+
     def batch_for(self, graph: str, backend: Any, default: int | None) -> int | None:
         """Items per call of `graph` on `backend`: the batch this bundle was tuned to on the backend's
         device (`kinemesh bundle tune`, see `tuning.py`), else `default`. Only in-process backends have

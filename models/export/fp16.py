@@ -37,7 +37,8 @@ def convert_graph(src: Path, dst: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16  # local: pulls in onnxruntime
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
+    # given the path, the converter infers shapes from the file: in memory, a model over 2 GB (ViT-H) cannot be
+    model = convert_float_to_float16(str(src), keep_io_types=True, disable_shape_infer=False)
     OnnxModel(model).topological_sort()  # the converter appends its input casts last; the checker wants order
     dst.parent.mkdir(parents=True, exist_ok=True)
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
@@ -98,8 +99,7 @@ def build_fp16_bundle(src: Path, out: Path, graphs: list[str] | None = None) -> 
         for stale in target.parent.glob(target.name + "*"):  # the float32 file and any external data
             stale.unlink()
         convert_graph(bundle.graph_path(graph), target)
-        int_high = int(entries[graph].get("config", {}).get("codebook_size", 2))
-        errors = measure(bundle.graph_path(graph), target, int_high)
+        errors = measure(bundle.graph_path(graph), target, bundle.token_range(graph))
         entries[graph]["precision"] = {
             "dtype": "float16", "converter": "onnxruntime.transformers.float16 (keep_io_types)",
             "measured_on": "random inputs as the export parity check, batches " + ", ".join(map(str, FP16_BATCHES)),

@@ -30,7 +30,7 @@ from kinemesh.models.backends.base import random_inputs
 def device_key(device: str, device_id: int = 0) -> str:
     """"cpu", or "cuda:<the card's name>" (tuning on one card does not speak for another)."""
     if device == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device_id)}"
+        return f"cuda:{torch.cuda.get_device_name(device_id)}" if torch.cuda.is_available() else "cuda"
     return "cpu"
 
 
@@ -72,14 +72,14 @@ def choose(curve: dict[int, float], tolerance: float = 0.05) -> int:
 
 
 def tune_bundle(root: Path, device: str = "cpu", graphs: list[str] | None = None, max_batch: int = 256,
-                repeats: int = 5, threads: int = 0) -> dict[str, Any]:
+                repeats: int = 5, threads: int = 0, device_id: int = 0) -> dict[str, Any]:
     """Tune the bundle at `root` on `device` ("cpu" or "cuda") and record it in its manifest; returns
     the recorded entry."""
     from kinemesh.models.backends.ort import OrtBackend
     from kinemesh.models.export.bundle import MANIFEST, open_bundle
 
     bundle = open_bundle(root)
-    backend = OrtBackend(device=device, intra_op_threads=threads)
+    backend = OrtBackend(device=device, intra_op_threads=threads, device_id=device_id)
     on = torch.device("cuda", backend.device_id) if backend.device == "cuda" else torch.device("cpu")
     chosen = graphs or list(bundle.manifest["graphs"])
     entry: dict[str, Any] = {
@@ -91,8 +91,7 @@ def tune_bundle(root: Path, device: str = "cpu", graphs: list[str] | None = None
     }
     for graph in chosen:
         backend.load(graph, bundle.graph_path(graph))
-        int_high = int(bundle.manifest["graphs"][graph].get("config", {}).get("codebook_size", 2))
-        curve = measure_curve(backend, graph, int_high, on, max_batch, repeats)
+        curve = measure_curve(backend, graph, bundle.token_range(graph), on, max_batch, repeats)
         entry["graphs"][graph] = {"batch": choose(curve), "items_per_s": {str(b): round(v, 2) for b, v in curve.items()}}
     manifest = json.loads((bundle.root / MANIFEST).read_text())
     manifest.setdefault("tuning", {})[device_key(backend.device, backend.device_id)] = entry

@@ -67,33 +67,39 @@ class Pipeline:
             self._keypoints[max_people] = stage
         return stage
 
+    def device(self) -> str:
+        """`KINEMESH_DEVICE` resolved once for both halves of the work: `auto` is cuda only when PyTorch sees
+        a GPU and onnxruntime has its CUDA provider (onnxruntime-gpu lists the provider even on a machine
+        without a GPU), else cpu; `cuda` is taken as asked and fails typed where it cannot run."""
+        s = self.settings
+        if s.device != "auto":
+            return s.device
+        import onnxruntime
+
+        gpu = torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        return "cuda" if gpu or (torch.cuda.is_available() and s.inference_backend == "triton") else "cpu"
+
     def backend(self) -> InferenceBackend:
         """The inference backend the settings choose: in-process ONNX Runtime, or a Triton server."""
         s = self.settings
         if s.inference_backend == "triton":
             return TritonBackend(s.triton_url)
-        return OrtBackend(device=s.device, intra_op_threads=s.inference_threads, device_id=s.cuda_device)
+        return OrtBackend(device=self.device(), intra_op_threads=s.inference_threads, device_id=s.cuda_device)
 
-    def torch_device(self, backend: InferenceBackend) -> torch.device:
-        """The device of the body stage's tensors. `auto`: the GPU when PyTorch has CUDA and the graphs
-        run on it too (in-process CUDA provider, or a Triton server), else the CPU, so that auto never
-        puts the refinement on a GPU whose graphs would run on the host."""
-        s = self.settings
-        gpu = torch.device("cuda", s.cuda_device)
-        if s.device == "cuda":
-            if not torch.cuda.is_available():
-                raise ModelUnavailable("KINEMESH_DEVICE=cuda but this PyTorch build sees no CUDA device")
-            return gpu
-        graphs_on_gpu = isinstance(backend, TritonBackend) or getattr(backend, "device", "cpu") == "cuda"
-        return gpu if s.device == "auto" and torch.cuda.is_available() and graphs_on_gpu else torch.device("cpu")
+    def torch_device(self) -> torch.device:
+        """The device of the body and hand stages' tensors (`device`)."""
+        if self.device() == "cpu":
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ModelUnavailable("KINEMESH_DEVICE=cuda but this PyTorch build sees no CUDA device")
+        return torch.device("cuda", self.settings.cuda_device)
 
     def body_stage(self) -> BodyStage:
         if self._body is None:
             try:
-                backend = self.backend()
                 self._body = BodyStage(self.settings.bundle_dir, RefineConfig(steps=self.settings.refine_steps),
-                                       backend=backend, decode_rate_hz=self.settings.decode_rate_hz,
-                                       device=self.torch_device(backend))
+                                       backend=self.backend(), decode_rate_hz=self.settings.decode_rate_hz,
+                                       device=self.torch_device())
             except BackendUnavailable as exc:
                 raise InferenceUnavailable(str(exc)) from exc
             except ProviderUnavailable as exc:
@@ -103,7 +109,8 @@ class Pipeline:
     def hand_stage(self) -> HandStage:
         if self._hands is None:
             body = self.body_stage()  # the bundle and backend the hand pose graphs run on
-            self._hands = HandStage(self.settings.model_dir, bundle=body.bundle, backend=body.backend)
+            self._hands = HandStage(self.settings.model_dir, bundle=body.bundle, backend=body.backend,
+                                    device=body.device)
         return self._hands
 
     def kinematics_stage(self) -> KinematicsStage:

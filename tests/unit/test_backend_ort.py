@@ -132,3 +132,21 @@ def test_run_tensors_serves_backends_without_binding(affine) -> None:
     host = run_tensors(_NumpyOnly(backend), "affine", {"x": x})["y"]
     assert isinstance(host, torch.Tensor) and host.device == x.device
     assert torch.equal(bound, host)
+
+
+CUDA = torch.cuda.is_available() and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a GPU with onnxruntime-gpu (bench/gpu.sh covers the CUDA path there); "
+                                     "this machine has neither")
+def test_bound_run_on_cuda_tensors_stays_on_the_gpu(affine) -> None:
+    path, w, b = affine
+    backend = OrtBackend(device="cuda")
+    backend.load("affine", path)
+    x = torch.randn(64, 4, device="cuda")
+    y = backend.run_bound("affine", {"x": x})["y"]
+    assert y.device.type == "cuda" and backend.host_copies == 0
+    first = y.clone()
+    backend.run_bound("affine", {"x": torch.zeros(64, 4, device="cuda")})  # ONNX Runtime's pool reuses memory
+    assert torch.equal(y, first)
+    np.testing.assert_allclose(y.cpu().numpy(), x.cpu().numpy() @ w + b, atol=1e-4)

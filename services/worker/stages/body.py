@@ -38,7 +38,6 @@ from kinemesh.models.camera import (
     box_intrinsics,
     mediapipe_world_to_model,
     normalize_keypoints,
-    person_crops,
     weak_perspective,
 )
 from kinemesh.models.export.bundle import Bundle, BundleError, open_bundle
@@ -64,7 +63,7 @@ from kinemesh.services.worker.stages.base import (
     StageContext,
     TrackedFrame,
 )
-from kinemesh.services.worker.stages.crops import CHUNK, run_on_crops
+from kinemesh.services.worker.stages.crops import CHUNK, box_crops, run_on_crops
 
 STAGE = "body"
 CPU_STEP_BATCH = 32  # on a CPU the step graph runs in calls of this many frames (see BackendStepFn), unless
@@ -131,8 +130,8 @@ class BodyStage:
             for graph in ("genhmr_step", "tokenizer_decode"):
                 self.backend.load(graph, self.bundle.graph_path(graph))
             step_cfg = m["graphs"]["genhmr_step"]["config"]
-            on_cpu = getattr(self.backend, "device", None) == "cpu"
-            step_batch = self.bundle.batch_for("genhmr_step", self.backend, CPU_STEP_BATCH if on_cpu else None)
+            on_gpu = getattr(self.backend, "device", None) == "cuda"  # in process on a GPU: one call per chunk
+            step_batch = self.bundle.batch_for("genhmr_step", self.backend, None if on_gpu else CPU_STEP_BATCH)
             self.step_fn = BackendStepFn(self.backend, "genhmr_step", step_cfg["num_tokens"],
                                          step_cfg["codebook_size"], max_batch=step_batch)
             self.decoder_fn = BackendDecoder(self.backend, "tokenizer_decode")
@@ -245,12 +244,9 @@ class BodyStage:
                 people = wanted.get(int(index), [])
                 if not people:
                     continue
-                xy = torch.from_numpy(np.stack([o.landmarks_2d for _, _, o in people]).astype(np.float32))
-                conf = torch.from_numpy(np.stack([o.visibility for _, _, o in people]).astype(np.float32))
-                norm = normalize_keypoints(xy, conf)
-                frame = torch.from_numpy(batch.images[j]).expand(len(people), -1, -1, -1)
-                crop = (person_crops(frame, norm.center, norm.half, size) * 255).round().to(torch.uint8)
-                yield [(tid, k) for tid, k, _ in people], crop.numpy()
+                xy = np.stack([o.landmarks_2d for _, _, o in people])
+                conf = np.stack([o.visibility for _, _, o in people])
+                yield [(tid, k) for tid, k, _ in people], box_crops(batch.images[j], xy, conf, size)
 
     def _crop_size(self, graph: str) -> tuple[int, int]:
         return tuple(self.bundle.manifest["graphs"][graph]["preprocessing"]["crop"])
@@ -287,13 +283,19 @@ class BodyStage:
             keys.clear()
             pending.clear()
 
-        for frame_keys, crops in self._cut(video, per_track, self._crop_size(graph)):
+        size = self._crop_size(graph)
+        for frame_keys, crops in self._cut(video, per_track, size):
             keys.extend(frame_keys)
             pending.append(crops)
             if len(keys) >= CHUNK:
                 flush()
         if keys:
             flush()
+        for tid, rows in per_track.items():  # a track none of whose frames came back from the decoder
+            if tid not in out:
+                keys.extend((tid, k) for k in range(len(rows)))
+                pending.append(np.zeros((len(rows), 3, *size), np.uint8))
+                flush()
         return out
 
     def _track(self, tid: int, rows: list, width: int, height: int, focal: float, fps: float,

@@ -49,7 +49,7 @@ from kinemesh.models.hands.skeleton import HandSkeleton
 from kinemesh.models.rotations import rot6d_to_matrix
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import DecodedVideo, KeypointTracks, StageContext
-from kinemesh.services.worker.stages.crops import run_on_crops
+from kinemesh.services.worker.stages.crops import box_crops, run_on_crops
 
 STAGE = "hands"
 CROP_PX = 256  # side of the square crop the landmarker sees
@@ -58,7 +58,7 @@ MIN_HALF_PX = 32.0
 MIN_WRIST_VISIBILITY = 0.5
 # BlazePose landmark ids per side: wrist, pinky, index, thumb
 POSE_HAND = {"left": (15, 17, 19, 21), "right": (16, 18, 20, 22)}
-HAND_GRAPHS = ("hand_step", "hand_tokenizer_decode")
+POSE_GRAPHS = ("hand_step", "hand_tokenizer_decode")  # the hand model's graphs
 HAND_BACKBONE = "hand_vit_backbone"  # image-conditioned hand models: the crop's tokens
 STEP_BATCH = 64  # hands per call of the step graph (a clip's hands decode together, in calls of this many)
 POSE_CHUNK = 512  # found hands posed together: the hands (and crops) of a long clip are posed as they come
@@ -108,12 +108,13 @@ class HandStage:
     name = STAGE
 
     def __init__(self, model_dir: Path | str, min_detection_confidence: float = 0.3, bundle: Bundle | None = None,
-                 backend: InferenceBackend | None = None) -> None:
+                 backend: InferenceBackend | None = None, device: str | torch.device = "cpu") -> None:
         self.pose_model: str | None = None
+        self.device = torch.device(device)  # of the pose decoding's tensors (the body stage's)
         self._crop_size: tuple[int, int] | None = None  # (h, w) of the image condition's crops, if any
         graphs = bundle.manifest["graphs"] if bundle is not None else {}
-        needed = (*HAND_GRAPHS, HAND_BACKBONE) if "hand_step" in graphs and any(
-            i["name"] == "image_tokens" for i in graphs["hand_step"]["inputs"]) else HAND_GRAPHS
+        needed = (*POSE_GRAPHS, HAND_BACKBONE) if "hand_step" in graphs and any(
+            i["name"] == "image_tokens" for i in graphs["hand_step"]["inputs"]) else POSE_GRAPHS
         if backend is not None and all(g in graphs and graphs[g]["trained"] for g in needed):
             for graph in needed:
                 backend.load(graph, bundle.graph_path(graph))
@@ -124,7 +125,7 @@ class HandStage:
             self._step = BackendStepFn(backend, "hand_step", cfg["num_tokens"], cfg["codebook_size"],
                                        max_batch=bundle.batch_for("hand_step", backend, STEP_BATCH))
             self._decoder = BackendDecoder(backend, "hand_tokenizer_decode")
-            self._skeleton = HandSkeleton.from_file(bundle.path(bundle.manifest["hands"]["skeleton"]))
+            self._skeleton = HandSkeleton.from_file(bundle.path(bundle.manifest["hands"]["skeleton"])).to(self.device)
             self.iterations = int(bundle.manifest["hands"]["decoding"]["iterations"])
             self.pose_model = bundle.manifest["graphs"]["hand_step"]["architecture"]
         path = task_path(model_dir)
@@ -201,41 +202,37 @@ class HandStage:
     def _hand_crop(self, image: np.ndarray, xy: np.ndarray, side: str) -> np.ndarray:
         """The image condition's crop (3, h, w) uint8 of one hand: its keypoints' square box (as the keypoints
         are normalised), whole, at the backbone's aspect; mirrored for a left hand, as its keypoints are."""
-        h, w = self._crop_size
-        norm = normalize_keypoints(torch.from_numpy(xy)[None], torch.ones(1, len(xy)))
-        half = norm.half * max(1.0, h / w)  # person_crops cuts w/h of the height across: widen to keep the box
-        crop = person_crops(torch.from_numpy(image)[None], norm.center, half, (h, w))[0]  # (3, h, w) in [0, 1]
-        if side == "left":
-            crop = crop.flip(-1)
-        return (crop * 255).round().to(torch.uint8).numpy()
+        crop = box_crops(image, xy[None], np.ones((1, len(xy)), np.float32), self._crop_size, whole_box=True)[0]
+        return np.ascontiguousarray(crop[:, :, ::-1]) if side == "left" else crop
 
     def _poses(self, items: list[tuple[str, HandObservation]]) -> None:
         """The pose of each (side, hand), in one batched decoding; an image-conditioned model's crops are
         read and dropped."""
-        xy = torch.from_numpy(np.stack([h.keypoints_2d for _, h in items]))  # (H, 21, 2)
-        left = torch.tensor([side == "left" for side, _ in items])
-        xy = torch.where(left[:, None, None], xy * torch.tensor([-1.0, 1.0]), xy)  # a left hand as a right one
-        keypoints = normalize_keypoints(xy, torch.ones(xy.shape[:2])).keypoints  # (H, 21, 3)
+        dev = self.device
+        xy = torch.from_numpy(np.stack([h.keypoints_2d for _, h in items])).to(dev)  # (H, 21, 2)
+        left = torch.tensor([side == "left" for side, _ in items], device=dev)
+        xy = torch.where(left[:, None, None], xy * torch.tensor([-1.0, 1.0], device=dev), xy)  # left as right
+        keypoints = normalize_keypoints(xy, torch.ones(xy.shape[:2], device=dev)).keypoints  # (H, 21, 3)
         tokens = None
         if self._crop_size is not None:  # MMHMR's image condition: the backbone's tokens of each hand crop
             crops = np.stack([h.crop for _, h in items])  # (H, 3, h, w)
-            tokens = run_on_crops(self._backend, self._bundle, HAND_BACKBONE, crops, torch.device("cpu"))["image_tokens"]
+            tokens = run_on_crops(self._backend, self._bundle, HAND_BACKBONE, crops, dev)["image_tokens"]
             for _, h in items:
                 h.crop = None  # read; not kept in the result
         pred = predict_bodies(self._step, self._decoder, keypoints, self.iterations, image_tokens=tokens)
         fingers = rot6d_to_matrix(pred.body6d)  # (H, 15, 3, 3)
         size = pred.shape[:, 0].exp()  # (H,)
         with torch.no_grad():
-            eye = torch.eye(3).expand(len(items), 1, 3, 3)
+            eye = torch.eye(3, device=dev).expand(len(items), 1, 3, 3)
             local = self._skeleton(torch.cat([eye, fingers], 1), size)  # (H, 21, 3) in the hand's own frame
             # The wrist's orientation from the 2D keypoints and the decoded finger pose (the transformer's
             # orientation head is far less precise than this fit: the pose is known, only a turn is left).
             orient = fit_rotation_to_keypoints(local, keypoints[..., :2])  # (H, 3, 3)
             points = local @ orient.transpose(1, 2)  # (H, 21, 3)
-        mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
-        fingers = torch.where(left[:, None, None, None], mirror @ fingers @ mirror, fingers)
-        orient = torch.where(left[:, None, None], mirror @ orient @ mirror, orient)
-        points = torch.where(left[:, None, None], points * torch.tensor([-1.0, 1.0, 1.0]), points)
+        mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0], device=dev))
+        fingers = torch.where(left[:, None, None, None], mirror @ fingers @ mirror, fingers).cpu().numpy()
+        orient = torch.where(left[:, None, None], mirror @ orient @ mirror, orient).cpu().numpy()
+        points = torch.where(left[:, None, None], points * torch.tensor([-1.0, 1.0, 1.0], device=dev), points)
+        points, size = points.cpu().numpy().astype(np.float32), size.cpu().numpy()
         for k, (_, hand) in enumerate(items):
-            hand.pose = HandPose(orient[k].numpy(), fingers[k].numpy(), points[k].numpy().astype(np.float32),
-                                 float(size[k]))
+            hand.pose = HandPose(orient[k], fingers[k], points[k], float(size[k]))

@@ -150,9 +150,14 @@ class KinematicsStage:
         backend.load(NEURIK_GRAPH, bundle.graph_path(NEURIK_GRAPH))
         names = self.model.coordinate_names
 
+        batch = bundle.batch_for(NEURIK_GRAPH, backend, None)  # windows per call: all, unless tuned on this device
+
         def run(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            out = backend.run(NEURIK_GRAPH, {"markers": windows})
-            return out["coordinates"], out["pelvis_residual"]
+            step = batch or max(len(windows), 1)
+            parts = [backend.run(NEURIK_GRAPH, {"markers": windows[i:i + step]})
+                     for i in range(0, len(windows), step)] or [backend.run(NEURIK_GRAPH, {"markers": windows})]
+            return (np.concatenate([o["coordinates"] for o in parts]),
+                    np.concatenate([o["pelvis_residual"] for o in parts]))
 
         return _NeurIK(run, int(entry["config"]["window"]), [names.index(n) for n in entry["coordinate_names"]],
                        [names.index(n) for n in PELVIS_COORDINATES],
