@@ -76,6 +76,10 @@ DESCRIPTIONS = {
                                    "(1024 synthetic frames, 5 iterations)",
     "fp16_genhmr_joint_diff_mm": "mean distance between the fp16 and float32 bundles' decoded joints, mm (the same frames)",
     "fp16_hand_pa_mpjpe_mm_synth": "hand_pa_mpjpe_mm_synth with the fp16 bundle's hand graphs",
+    "fp16_max_rel_mqhmr_paper": "the paper-size MQ-HMR (ViT-H/16, 2.6 GB in fp32, random weights) converted by "
+                                "`fp16.convert_graph`: its largest error over an output's largest magnitude (batch 1 "
+                                "and 5, CPU provider)",
+    "fp16_gib_mqhmr_paper": "its fp16 file's size, GiB (weights in ONNX external data)",
     **{f"cpu_tuned_batch_{g}": f"`kinemesh bundle tune` on this CPU: the batch chosen for {g} (smallest within 5% "
                                "of the best items/s)" for g in TUNED_GRAPHS},
     **{f"cpu_items_per_s_{g}": f"items/s of {g} at that batch (IO-bound ONNX Runtime calls, CPU)" for g in TUNED_GRAPHS},
@@ -141,6 +145,7 @@ def _spread_heads(model: torch.nn.Module) -> torch.nn.Module:
 def parity_figures(bundle: Path, paper: bool = True) -> dict[str, float]:
     manifest = json.loads((bundle / "manifest.json").read_text())
     out = {"parity_max_abs_bundle": max(v for g in manifest["graphs"].values() for v in g["parity_max_abs"].values())}
+    extra: dict[str, float] = {}  # not parity: the paper-size MQ-HMR converted to fp16
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="kinemesh-bench-export-") as tmp:
         r = export_graph(_spread_heads(create_model("mqhmr_small")), {"image": torch.randn(2, 3, 256, 192)},
@@ -151,6 +156,13 @@ def parity_figures(bundle: Path, paper: bool = True) -> dict[str, float]:
             r = export_graph(_spread_heads(create_model("mqhmr_paper")), {"image": torch.randn(1, 3, 256, 192)},
                              MQ_OUTPUTS, Path(tmp) / "mq" / "model.onnx", opset=20, parity_batch_sizes=(1,))
             out["parity_max_abs_mqhmr_paper"] = max(r.max_abs_diff.values())
+            print("  the paper-size MQ-HMR in fp16 ...", flush=True)
+            from kinemesh.models.export.fp16 import convert_graph, measure
+
+            half = Path(tmp) / "mq16" / "model.onnx"
+            convert_graph(r.path, half)  # over 2 GB: shapes inferred from the file, fp16 weights in external data
+            extra["fp16_max_rel_mqhmr_paper"] = max(e.get("max_rel", 0.0) for e in measure(r.path, half, 2).values())
+            extra["fp16_gib_mqhmr_paper"] = sum(f.stat().st_size for f in half.parent.iterdir()) / 2**30
             print("  exporting the paper-size GenHMR step ...", flush=True)
             g = create_model("genhmr_paper")
             from kinemesh.models.genhmr import MaskedPoseStepGraph
@@ -160,7 +172,7 @@ def parity_figures(bundle: Path, paper: bool = True) -> dict[str, float]:
                              int_ranges={"token_ids": (0, g.cfg.codebook_size + 1)})
             out["parity_max_abs_genhmr_paper_step"] = max(r.max_abs_diff.values())
     out["parity_max_abs"] = max(out.values())
-    return {k: float(f"{v:.2e}") for k, v in out.items()}
+    return {k: float(f"{v:.2e}") for k, v in out.items()} | {k: float(f"{v:.3g}") for k, v in extra.items()}
 
 
 def refine_figures(body_file: Path) -> dict[str, float]:
