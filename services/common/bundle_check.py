@@ -18,11 +18,11 @@ BODY_MODEL_GRAPHS: dict[str, tuple[str, ...]] = {
 IMAGE_BACKBONE = "vit_backbone"  # what an image-conditioned GenHMR step takes its image tokens from
 
 
-def image_conditioned(manifest: dict[str, Any]) -> bool:
-    """Whether the bundle's GenHMR step cross-attends to image tokens (then it needs the backbone graph
-    and person crops)."""
-    step = manifest.get("graphs", {}).get("genhmr_step", {})
-    return any(t["name"] == "image_tokens" for t in step.get("inputs", []))
+def image_conditioned(manifest: dict[str, Any], step: str = "genhmr_step") -> bool:
+    """Whether the bundle's decoding step graph `step` (GenHMR's, or the hand model's "hand_step")
+    cross-attends to image tokens (then it needs its backbone graph and crops)."""
+    graph = manifest.get("graphs", {}).get(step, {})
+    return any(t["name"] == "image_tokens" for t in graph.get("inputs", []))
 
 
 def graphs_for(manifest: dict[str, Any], body_model: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from kinemesh.models.backends import BackendUnavailable, InferenceBackend, OrtBackend, TritonBackend
-from kinemesh.models.backends.ort import ProviderUnavailable
+from kinemesh.models.backends.ort import ProviderUnavailable, choose_providers
 from kinemesh.models.genhmr.refine import RefineConfig
 from kinemesh.services.common.bundle_check import graphs_for
 from kinemesh.services.common.errors import InferenceUnavailable, ModelUnavailable
@@ -74,9 +74,7 @@ class Pipeline:
         s = self.settings
         if s.device != "auto":
             return s.device
-        import onnxruntime
-
-        gpu = torch.cuda.is_available() and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        gpu = torch.cuda.is_available() and choose_providers("auto")[0] == "CUDAExecutionProvider"
         return "cuda" if gpu or (torch.cuda.is_available() and s.inference_backend == "triton") else "cpu"
 
     def backend(self) -> InferenceBackend:

@@ -47,6 +47,7 @@ from kinemesh.models.genhmr.decoding import BackendStepFn
 from kinemesh.models.genhmr.inference import BackendDecoder, predict_bodies
 from kinemesh.models.hands.skeleton import HandSkeleton
 from kinemesh.models.rotations import rot6d_to_matrix
+from kinemesh.services.common.bundle_check import image_conditioned
 from kinemesh.services.common.errors import ModelUnavailable
 from kinemesh.services.worker.stages.base import DecodedVideo, KeypointTracks, StageContext
 from kinemesh.services.worker.stages.crops import box_crops, run_on_crops
@@ -113,8 +114,8 @@ class HandStage:
         self.device = torch.device(device)  # of the pose decoding's tensors (the body stage's)
         self._crop_size: tuple[int, int] | None = None  # (h, w) of the image condition's crops, if any
         graphs = bundle.manifest["graphs"] if bundle is not None else {}
-        needed = (*POSE_GRAPHS, HAND_BACKBONE) if "hand_step" in graphs and any(
-            i["name"] == "image_tokens" for i in graphs["hand_step"]["inputs"]) else POSE_GRAPHS
+        needed = (*POSE_GRAPHS, HAND_BACKBONE) if bundle is not None and image_conditioned(
+            bundle.manifest, "hand_step") else POSE_GRAPHS
         if backend is not None and all(g in graphs and graphs[g]["trained"] for g in needed):
             for graph in needed:
                 backend.load(graph, bundle.graph_path(graph))
